@@ -1,0 +1,42 @@
+"""The Megatron policy: model source, parallel layout, precision, optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class OptimizerConfig:
+    # Adam learning rate. Paper: 1e-6.
+    lr: float = 1e-6
+    # Cosine decay floor as a fraction of lr. Paper: 0.1.
+    min_lr_ratio: float = 0.1
+    # Linear warmup as a fraction of the total steps. Paper: 0.1.
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    # Clip the global gradient norm to this value; 0 disables clipping.
+    clip_grad: float = 1.0
+    # Megatron's distributed optimizer (ZeRO-1 over data parallel). GPU only: ignored with a warning on CPU.
+    use_distributed_optimizer: bool = True
+
+
+@dataclass
+class PolicyConfig:
+    # Hugging Face model directory (config.json + safetensors + tokenizer) to start from. Llama/Qwen2 family.
+    model_path: str = ""
+    # Tokenizer directory; empty: model_path.
+    tokenizer_path: str = ""
+    # Load custom model code from the model directory. Off by default (it runs code shipped with the checkpoint).
+    trust_remote_code: bool = False
+    tensor_model_parallel_size: int = 1
+    pipeline_model_parallel_size: int = 1
+    # bf16 on GPU, fp32 on CPU (CPU kernels in bf16 are slow and imprecise). "auto" picks by device.
+    precision: str = "auto"
+    # Sequences per forward/backward micro-batch; a step is split into micro-batches with gradient accumulation.
+    micro_batch_size: int = 8
+    # Recompute activations in the backward pass to save memory (Megatron "full" recompute).
+    activation_checkpointing: bool = False
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

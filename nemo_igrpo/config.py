@@ -1,0 +1,142 @@
+"""The whole run's configuration: typed sections loaded from YAML with OmegaConf, overridden with ``key=value``.
+
+An unknown key, a wrong type or a value outside its allowed set is an error that names the key, before any model is
+built. Each section is declared (and documented) next to the code it configures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from nemo_igrpo.algorithms.config import AlgorithmConfig
+from nemo_igrpo.backends.generation.config import GenerationConfig
+from nemo_igrpo.backends.policy.config import PolicyConfig
+from nemo_igrpo.data.config import DataConfig
+from nemo_igrpo.rewards.config import RewardConfig
+from nemo_igrpo.trainer.config import TrainerConfig
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+@dataclass
+class Config:
+    # Free-form name of the run (shows up in logs and reports).
+    name: str = "igrpo"
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def _friendly(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    return ConfigError(f"{source}: config key '{key}': {msg}")
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file <- ``key=value`` overrides, type-checked, then value-checked by ``validate``."""
+    merged: DictConfig = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        except OmegaConfBaseException as err:
+            raise _friendly(err, str(path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+    try:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise _friendly(err, "command line") from None
+    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _choice(key: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {sorted(allowed)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key '{key}': must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Checks the types cannot express: allowed names, ranges and cross-field rules."""
+    from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+
+    a = cfg.algorithm
+    _choice("algorithm.advantage_estimator", a.advantage_estimator, ADVANTAGE_ESTIMATORS.names())
+    _choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
+    _choice("algorithm.kl_estimator", a.kl_estimator, ["k1", "k2", "k3"])
+    _positive("algorithm.group_size", a.group_size)
+    _positive("algorithm.clip_eps", a.clip_eps)
+    _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
+    if a.dual_clip_c is not None and a.dual_clip_c <= 1:
+        raise ConfigError(f"config key 'algorithm.dual_clip_c': must be > 1 (or null), got {a.dual_clip_c}")
+    r = a.refinement
+    _choice("algorithm.refinement.tie_break", r.tie_break, ["first", "shortest"])
+    if r.enabled:
+        if not 1 <= r.num_drafts < a.group_size:
+            raise ConfigError(
+                f"config key 'algorithm.refinement.num_drafts': must be in [1, group_size - 1] = [1, {a.group_size - 1}]"
+                f" so that N drafts + G refinements = group_size ({a.group_size}); got {r.num_drafts}")
+        for placeholder in ("{problem}", "{draft}"):
+            if placeholder not in r.template:
+                raise ConfigError(f"config key 'algorithm.refinement.template': must contain {placeholder}")
+        _positive("algorithm.refinement.max_draft_tokens", r.max_draft_tokens)
+    for name, weight in cfg.reward.weights.items():
+        _choice("reward.weights", name, ["accuracy", "format", "judge"])
+        _positive(f"reward.weights.{name}", weight, allow_zero=True)
+    if cfg.reward.weights.get("judge", 0) > 0 and not cfg.reward.judge.base_url:
+        raise ConfigError("config key 'reward.judge.base_url': required when reward.weights.judge > 0")
+    _positive("reward.num_workers", cfg.reward.num_workers)
+    _positive("reward.timeout_s", cfg.reward.timeout_s)
+    _positive("data.prompts_per_step", cfg.data.prompts_per_step)
+    _positive("data.max_prompt_tokens", cfg.data.max_prompt_tokens)
+    _positive("data.num_epochs", cfg.data.num_epochs)
+    p = cfg.policy
+    _choice("policy.precision", p.precision, ["auto", "bf16", "fp32"])
+    _positive("policy.tensor_model_parallel_size", p.tensor_model_parallel_size)
+    _positive("policy.pipeline_model_parallel_size", p.pipeline_model_parallel_size)
+    _positive("policy.micro_batch_size", p.micro_batch_size)
+    _positive("policy.optimizer.lr", p.optimizer.lr)
+    if not 0 <= p.optimizer.min_lr_ratio <= 1:
+        raise ConfigError(f"config key 'policy.optimizer.min_lr_ratio': must be in [0, 1], got {p.optimizer.min_lr_ratio}")
+    if not 0 <= p.optimizer.warmup_ratio < 1:
+        raise ConfigError(f"config key 'policy.optimizer.warmup_ratio': must be in [0, 1), got {p.optimizer.warmup_ratio}")
+    g = cfg.generation
+    _choice("generation.backend", g.backend, ["hf", "vllm"])
+    _positive("generation.temperature", g.temperature)
+    if not 0 < g.top_p <= 1:
+        raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")
+    _positive("generation.max_new_tokens", g.max_new_tokens)
+    _positive("generation.batch_size", g.batch_size)
+    t = cfg.trainer
+    for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
+        _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
+    _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)

@@ -1,0 +1,38 @@
+"""The actor loop: how long, how often to validate, save and log, and where."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainerConfig:
+    # Results directory: metrics.jsonl, TensorBoard events, checkpoints/, the resolved config.
+    output_dir: str = "runs/default"
+    # Stop after this many optimizer steps; 0 means one pass of data.num_epochs over the training prompts.
+    max_steps: int = 0
+    # Checkpoint every k steps (and at the end, and on SIGTERM). 0: only at the end.
+    save_every: int = 50
+    # Keep this many newest complete checkpoints; older ones are deleted after a new one is complete. 0 keeps all.
+    keep_checkpoints: int = 2
+    # Validate every m steps (single-shot accuracy on data.validation_file); 0: never.
+    validate_every: int = 25
+    # Validation prompts (from the head of the validation split); 0: all.
+    num_validation_prompts: int = 0
+    # Validation sampling temperature; 0 is greedy.
+    validation_temperature: float = 0.0
+    # Continue from the newest complete checkpoint in output_dir/checkpoints.
+    resume: bool = False
+    # Resume even when the checkpoint's model or config differ from this run's (normally refused).
+    force_resume: bool = False
+    # Global seed: sampling, shuffling and initialisation derive from it.
+    seed: int = 42
+    # This many non-finite losses in a row stop the run (one is skipped and counted).
+    max_consecutive_nonfinite: int = 3
+    # Log metrics to TensorBoard (JSONL is always written).
+    tensorboard: bool = True
+    # Log to Weights & Biases (needs `pip install wandb` and WANDB_API_KEY in the environment). Off by default.
+    wandb: bool = False
+    wandb_project: str = "nemo_igrpo"
+    # Console progress bar.
+    progress_bar: bool = True
