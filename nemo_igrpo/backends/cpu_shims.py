@@ -1,0 +1,203 @@
+"""The minimal set of patches that lets megatron-core 0.16 run on a CPU-only torch build (gloo).
+
+megatron-core has no CPU switch: a handful of its code paths call CUDA APIs unconditionally. Each patch below is one
+small named function, applied only when CUDA is absent, and each is proven necessary by
+``tests/backends/test_cpu_shims.py`` (with that one patch left out, the megatron operation named in its comment fails).
+
+Not patched on purpose: ``torch.cuda.Event`` (only megatron's inference engine uses it, and this project generates
+with HF/vLLM), sequence parallel, the distributed optimizer and megatron's grad clipping (they do not work on CPU even
+with shims; callers must not enable them).
+
+``apply_cpu_shims()`` is idempotent; ``remove_cpu_shims()`` undoes everything (for tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+_CPU = torch.device("cpu")
+
+# name -> undo callback; the keys are also the names tests pass to ``apply_cpu_shims(skip=...)``.
+_applied: dict[str, Callable[[], None]] = {}
+
+
+def _setattr_undoable(obj, name: str, value) -> Callable[[], None]:
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    return lambda: setattr(obj, name, old)
+
+
+def _cpu_current_device():
+    return _CPU
+
+
+def patch_current_device() -> Callable[[], None]:
+    """``torch.cuda.current_device()`` -> the CPU device.
+
+    Needed by: tensor-parallel gathers (``tensor_parallel.mappings._gather_along_first_dim``), the rotary embedding
+    and pipeline p2p shape exchange (``p2p_communication._communicate_shapes`` / ``_communicate``) which all allocate
+    buffers with ``device=torch.cuda.current_device()``.
+    """
+    return _setattr_undoable(torch.cuda, "current_device", _cpu_current_device)
+
+
+def _noop(*args, **kwargs):
+    return None
+
+
+def patch_synchronize() -> Callable[[], None]:
+    """``torch.cuda.synchronize`` and ``torch.cuda.empty_cache`` -> no-ops.
+
+    Needed by: pipeline p2p (``p2p_communication._communicate`` synchronizes after batched isend/irecv, which the
+    1F1B schedule uses at PP > 1). CPU collectives in gloo are already synchronous when waited on.
+    """
+    undo_sync = _setattr_undoable(torch.cuda, "synchronize", _noop)
+    undo_empty = _setattr_undoable(torch.cuda, "empty_cache", _noop)
+
+    def undo():
+        undo_sync()
+        undo_empty()
+
+    return undo
+
+
+def patch_rng_tracker() -> Callable[[], None]:
+    """Model-parallel RNG tracker on the CPU generator.
+
+    Needed by: ``tensor_parallel.model_parallel_cuda_manual_seed`` (the tracker's ``add`` reads and seeds the CUDA
+    generator), ``get_cuda_rng_tracker().fork()`` around weight init and dropout, and activation recompute
+    (``tensor_parallel.random.CheckpointFunction`` saves/restores the CUDA RNG state). All of them go through
+    ``CudaRNGStatesTracker`` and ``_get/_set_cuda_rng_state`` in ``megatron.core.tensor_parallel.random``.
+    """
+    from megatron.core.tensor_parallel import random as mrandom
+
+    base = mrandom.CudaRNGStatesTracker
+
+    class CpuRNGStatesTracker(base):  # type: ignore[misc, valid-type]
+        """Same bookkeeping as megatron's tracker, but the states are CPU generator states."""
+
+        def add(self, name, seed):
+            if seed in self.seeds_:
+                raise RuntimeError(f"seed {seed} already exists")
+            self.seeds_.add(seed)
+            if name in self.states_:
+                raise RuntimeError(f"cuda rng state {name} already exists")
+            orig = torch.get_rng_state()
+            torch.manual_seed(seed)
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(orig)
+
+        @contextlib.contextmanager
+        def fork(self, name=mrandom._MODEL_PARALLEL_RNG_TRACKER_NAME):
+            if name not in self.states_:
+                raise RuntimeError(f"cuda rng state {name} is not added")
+            orig = torch.get_rng_state()
+            torch.set_rng_state(self.states_[name])
+            try:
+                yield
+            finally:
+                self.states_[name] = torch.get_rng_state()
+                torch.set_rng_state(orig)
+
+    def get_state(device="cuda", clone=False, graph_safe=False):
+        return torch.get_rng_state()
+
+    def set_state(new_state, device=-1, graph_safe=False):
+        torch.set_rng_state(new_state)
+
+    undos = [
+        _setattr_undoable(mrandom, "CudaRNGStatesTracker", CpuRNGStatesTracker),
+        _setattr_undoable(mrandom, "_get_cuda_rng_state", get_state),
+        _setattr_undoable(mrandom, "_set_cuda_rng_state", set_state),
+    ]
+    # A tracker created before the patch would hold CUDA semantics: start over.
+    mrandom.initialize_rng_tracker(force_reset=True)
+
+    def undo():
+        for u in reversed(undos):
+            u()
+        mrandom.initialize_rng_tracker(force_reset=True)
+
+    return undo
+
+
+def _is_cuda_device(dev) -> bool:
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    if isinstance(dev, str):
+        return dev.split(":")[0] == "cuda"
+    return False
+
+
+class CudaToCpuMode(TorchFunctionMode):
+    """Rewrites ``device="cuda"`` (and ``.cuda()``) to the CPU for every torch call made while it is active."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs["device"] = _CPU
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], _CPU, *args[2:])
+        # pin_memory needs an accelerator; megatron only asks for it together with device="cuda".
+        if kwargs.get("pin_memory"):
+            kwargs["pin_memory"] = False
+        return func(*args, **kwargs)
+
+
+def patch_cuda_factories() -> Callable[[], None]:
+    """A ``TorchFunctionMode`` that sends ``device="cuda"`` factory calls to the CPU.
+
+    Needed by: the default causal mask (``transformer.utils.get_default_causal_mask``, used by the local-spec
+    attention), the token counters in ``pipeline_parallel.schedules.forward_backward_*`` and the optimizer's
+    ``found_inf``/grad-norm buffers (``optimizer.optimizer``, ``optimizer.clip_grads``).
+    The mode stays on the mode stack of the thread that applied it (the training thread).
+    """
+    mode = CudaToCpuMode()
+    mode.__enter__()
+
+    def undo():
+        mode.__exit__(None, None, None)
+
+    return undo
+
+
+SHIMS: dict[str, Callable[[], Callable[[], None]]] = {
+    "current_device": patch_current_device,
+    "synchronize": patch_synchronize,
+    "rng_tracker": patch_rng_tracker,
+    "cuda_factories": patch_cuda_factories,
+}
+
+
+def apply_cpu_shims(skip: tuple[str, ...] = ()) -> bool:
+    """Apply the CPU shims if CUDA is absent. Idempotent. ``skip`` leaves named shims out (tests only).
+
+    Returns True when shims are active after the call.
+    """
+    if torch.cuda.is_available():
+        return False
+    unknown = set(skip) - set(SHIMS)
+    if unknown:
+        raise ValueError(f"unknown shim(s) {sorted(unknown)}; known: {sorted(SHIMS)}")
+    for name, patch in SHIMS.items():
+        if name in skip or name in _applied:
+            continue
+        _applied[name] = patch()
+    return bool(_applied)
+
+
+def remove_cpu_shims() -> None:
+    """Undo every applied shim (reverse order)."""
+    for name in reversed(list(_applied)):
+        _applied.pop(name)()
+
+
+def cpu_shims_active() -> bool:
+    """Whether ``apply_cpu_shims`` is in effect in this process."""
+    return bool(_applied)

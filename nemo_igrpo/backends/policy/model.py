@@ -1,0 +1,201 @@
+"""Build megatron-core GPTModel chunks for the Llama/Qwen2 family from a Hugging Face config."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+
+
+@dataclass(frozen=True)
+class GPTArgs:
+    """The GPTModel constructor arguments that are not part of TransformerConfig."""
+
+    vocab_size: int
+    max_sequence_length: int
+    rotary_base: float
+    rope_scaling: bool
+    rope_scaling_factor: float
+    share_embeddings_and_output_weights: bool
+
+
+def _get(cfg, name, default=None):
+    return getattr(cfg, name, default)
+
+
+def _rope(hf_config) -> tuple[float, bool, float]:
+    """(rope_theta, llama3 scaling on, factor). transformers 5 keeps these in ``rope_parameters``, 4.x at top level."""
+    params = dict(_get(hf_config, "rope_parameters") or {})
+    scaling = dict(_get(hf_config, "rope_scaling") or {})
+    params = {**scaling, **params}
+    theta = params.get("rope_theta", _get(hf_config, "rope_theta", 10000.0))
+    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    if rope_type == "default":
+        return float(theta), False, 8.0
+    if rope_type == "llama3":
+        # megatron-core hard-codes Llama 3.1's low/high frequency factors and original context.
+        expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        got = {k: params.get(k) for k in expected}
+        if any(got[k] is None or float(got[k]) != v for k, v in expected.items()):
+            raise ValueError(f"llama3 rope scaling is supported only with {expected}, got {got}")
+        return float(theta), True, float(params.get("factor", 8.0))
+    raise ValueError(f"rope_type={rope_type!r} is not supported; supported: 'default', 'llama3'")
+
+
+def transformer_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1, **overrides):
+    """Map a Llama/Qwen2 HF config to ``(TransformerConfig, GPTArgs)``.
+
+    Checks everything that would otherwise fail deep inside megatron or, worse, run with silently different maths:
+    unsupported architecture, vocab/heads not divisible by ``tp``, layers not divisible by ``pp``, biases megatron
+    cannot express, sliding-window attention. ``overrides`` go to TransformerConfig as is (e.g. recompute settings).
+    """
+    from megatron.core.transformer import TransformerConfig
+
+    model_type = _get(hf_config, "model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"model_type={model_type!r} is not supported; supported model_types: {list(SUPPORTED_MODEL_TYPES)}")
+    if _get(hf_config, "hidden_act", "silu") != "silu":
+        raise ValueError(f"hidden_act={hf_config.hidden_act!r} is not supported (SwiGLU with silu only)")
+
+    if model_type == "qwen2":
+        if _get(hf_config, "use_sliding_window", False):
+            raise ValueError("Qwen2 use_sliding_window=True is not supported (megatron GPTModel has full attention)")
+        qkv_bias = True
+    else:
+        attn_bias, mlp_bias = bool(_get(hf_config, "attention_bias", False)), bool(_get(hf_config, "mlp_bias", False))
+        if attn_bias or mlp_bias:
+            # HF's attention_bias also puts a bias on o_proj; megatron can only add it together with all MLP biases.
+            raise ValueError(
+                f"Llama attention_bias={attn_bias} / mlp_bias={mlp_bias} is not supported (only both False)"
+            )
+        qkv_bias = False
+
+    vocab = int(hf_config.vocab_size)
+    heads = int(hf_config.num_attention_heads)
+    kv_heads = int(_get(hf_config, "num_key_value_heads", None) or heads)
+    layers = int(hf_config.num_hidden_layers)
+    head_dim = int(_get(hf_config, "head_dim", None) or hf_config.hidden_size // heads)
+    if vocab % tp != 0:
+        # No padding: padded rows would change the softmax normaliser unless masked, and logits must equal HF's.
+        raise ValueError(f"vocab_size={vocab} must be divisible by tensor_model_parallel_size={tp} (no vocab padding)")
+    if heads % tp != 0 or kv_heads % tp != 0:
+        raise ValueError(
+            f"num_attention_heads={heads} and num_key_value_heads={kv_heads} must both be divisible by "
+            f"tensor_model_parallel_size={tp}"
+        )
+    if layers % pp != 0:
+        raise ValueError(f"num_hidden_layers={layers} must be divisible by pipeline_model_parallel_size={pp}")
+
+    theta, rope_scaling, rope_factor = _rope(hf_config)
+    on_cpu = not torch.cuda.is_available()
+    kwargs = dict(
+        num_layers=layers,
+        hidden_size=int(hf_config.hidden_size),
+        ffn_hidden_size=int(hf_config.intermediate_size),
+        num_attention_heads=heads,
+        num_query_groups=kv_heads,
+        kv_channels=head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=float(hf_config.rms_norm_eps),
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=qkv_bias,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=float(_get(hf_config, "initializer_range", 0.02)),
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        attention_softmax_in_fp32=True,
+        apply_query_key_layer_scaling=False,
+        # Fusions need apex/TE CUDA kernels; on GPU the TE spec brings its own.
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        # CPU init builds each full weight and slices it, so a TP=2 model starts from the same weights as TP=1.
+        use_cpu_initialization=on_cpu,
+        sequence_parallel=False,
+    )
+    kwargs.update(overrides)
+    config = TransformerConfig(**kwargs)
+    args = GPTArgs(
+        vocab_size=vocab,
+        max_sequence_length=int(_get(hf_config, "max_position_embeddings", 4096)),
+        rotary_base=theta,
+        rope_scaling=rope_scaling,
+        rope_scaling_factor=rope_factor,
+        share_embeddings_and_output_weights=bool(_get(hf_config, "tie_word_embeddings", False)),
+    )
+    return config, args
+
+
+def use_transformer_engine() -> bool:
+    """TE layer spec only where it can run: CUDA present and transformer_engine importable."""
+    return torch.cuda.is_available() and importable("transformer_engine")
+
+
+def importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def layer_spec(config):
+    """The transformer layer spec: TE on GPU when available, megatron's local (torch) modules otherwise."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if use_transformer_engine():
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization=config.normalization)
+
+
+def build_gpt_model(hf_config, dtype: torch.dtype, **config_overrides) -> list[torch.nn.Module]:
+    """GPTModel chunks (one per virtual stage; currently always one) for this rank's pipeline stage.
+
+    Requires ``initialize_parallel`` first. Output logits are vocab-parallel (``parallel_output=True``): each TP
+    rank holds ``vocab/tp`` columns; use ``policy.logprobs`` on them. The module is on the layout's device, in
+    ``dtype``, train mode.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    config, args = transformer_config_from_hf(hf_config, dtype, tp=tp, pp=pp, **config_overrides)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(config),
+        vocab_size=args.vocab_size,
+        max_sequence_length=args.max_sequence_length,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        share_embeddings_and_output_weights=args.share_embeddings_and_output_weights,
+        position_embedding_type="rope",
+        rotary_base=int(args.rotary_base) if float(args.rotary_base).is_integer() else args.rotary_base,
+        rope_scaling=args.rope_scaling,
+        rope_scaling_factor=args.rope_scaling_factor,
+    )
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    # A chunk belongs to this PP stage: layer_offset tells weights.py the global index of its first layer.
+    return [model]
+
+
+def layer_offset(model: torch.nn.Module) -> int:
+    """Global index of this chunk's first transformer layer (its PP offset)."""
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    return get_transformer_layer_offset(model.config)

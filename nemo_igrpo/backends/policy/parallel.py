@@ -1,0 +1,167 @@
+"""Process group and megatron-core model-parallel setup: the same SPMD program for a laptop, torchrun and srun."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """Where this process sits in the TP x PP x DP grid (megatron order tp-cp-ep-dp-pp)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    tp_size: int
+    tp_rank: int
+    pp_size: int
+    pp_rank: int
+    dp_size: int
+    dp_rank: int
+    device: torch.device
+
+    @property
+    def is_mp_src(self) -> bool:
+        """The one rank of a model-parallel group that speaks for it (logging, data loading, reporting)."""
+        return self.tp_rank == 0 and self.pp_rank == 0
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _slurm_master_addr() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if nodelist and shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+        hosts = out.stdout.split()
+        if hosts:
+            return hosts[0]
+    raise RuntimeError(
+        "running under SLURM without MASTER_ADDR, and it could not be derived from SLURM_JOB_NODELIST with "
+        "`scontrol show hostnames`: export MASTER_ADDR (the first node's hostname) in the sbatch script"
+    )
+
+
+def _rendezvous_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's env, else SLURM's, else a single local process.
+
+    Also fills MASTER_ADDR/MASTER_PORT when the launcher did not, since init_method="env://" needs them.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+        if world > 1 and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
+            raise RuntimeError("RANK/WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not")
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        if "MASTER_ADDR" not in env:
+            env["MASTER_ADDR"] = _slurm_master_addr() if world > 1 else "127.0.0.1"
+        if "MASTER_PORT" not in env:
+            # Deterministic across tasks of one job (they cannot agree on a random port) and spread across jobs.
+            env["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    else:
+        rank, world, local = 0, 1, 0
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("RANK", str(rank))
+    env.setdefault("WORLD_SIZE", str(world))
+    env.setdefault("LOCAL_RANK", str(local))
+    return rank, world, local
+
+
+def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) -> ParallelLayout:
+    """Initialise torch.distributed (if not already) and megatron's TP/PP/DP groups and RNG states.
+
+    Rank and world size come from RANK/WORLD_SIZE (torchrun), else SLURM_PROCID/SLURM_NTASKS (srun), else a single
+    process on a free localhost port. NCCL when CUDA is present, gloo (plus the CPU shims) otherwise.
+    ``world_size`` must be divisible by ``tp * pp``; the rest is data parallel.
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    if tp < 1 or pp < 1:
+        raise ValueError(f"tensor and pipeline parallel sizes must be >= 1, got tp={tp}, pp={pp}")
+    use_cuda = torch.cuda.is_available()
+    if not use_cuda:
+        from nemo_igrpo.backends.cpu_shims import apply_cpu_shims
+
+        apply_cpu_shims()
+
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
+    else:
+        rank, world, local = _rendezvous_env()
+    if world % (tp * pp) != 0:
+        raise ValueError(
+            f"world_size={world} is not divisible by tensor_model_parallel_size * pipeline_model_parallel_size "
+            f"= {tp} * {pp} = {tp * pp}"
+        )
+
+    if use_cuda:
+        device = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method="env://",
+            rank=rank,
+            world_size=world,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+
+    if parallel_state.model_parallel_is_initialized():
+        # Re-initialising with other sizes in one process would silently keep the old groups.
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        distributed_timeout_minutes=timeout_minutes,
+    )
+    # Same seed on every rank for the CPU default generator, so data-parallel replicas build identical weights
+    # before any checkpoint is loaded; megatron's tracker offsets the TP-region seed by tp_rank.
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed, force_reset_rng=True)
+
+    return ParallelLayout(
+        rank=rank,
+        world_size=world,
+        local_rank=local,
+        tp_size=parallel_state.get_tensor_model_parallel_world_size(),
+        tp_rank=parallel_state.get_tensor_model_parallel_rank(),
+        pp_size=parallel_state.get_pipeline_model_parallel_world_size(),
+        pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
+        dp_size=parallel_state.get_data_parallel_world_size(),
+        dp_rank=parallel_state.get_data_parallel_rank(),
+        device=device,
+    )
+
+
+def destroy_parallel() -> None:
+    """Tear down megatron's groups, then the default process group (the other order aborts at exit on gloo)."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
