@@ -1,0 +1,52 @@
+"""Writing a Hugging Face checkpoint directory (config, safetensors shards, tokenizer), atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors.torch import save_file
+
+SHARD_BYTES = 4 * 1024**3
+
+
+def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Iterable[tuple[str, torch.Tensor]],
+                       tokenizer: Any | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write ``out_dir`` as a loadable HF model directory; a crash mid-write leaves no ``out_dir`` (only
+    ``out_dir.partial``). Shards of at most 4 GiB with a ``model.safetensors.index.json`` when more than one."""
+    out = Path(out_dir)
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in named_tensors:
+        t = tensor.detach().to("cpu", dtype=dtype or tensor.dtype).contiguous()
+        if size and size + t.numel() * t.element_size() > SHARD_BYTES:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.numel() * t.element_size()
+    if len(shards) == 1:
+        save_file(shards[0], str(partial / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(partial / fname), metadata={"format": "pt"})
+            weight_map.update({k: fname for k in shard})
+        total = sum(t.numel() * t.element_size() for s in shards for t in s.values())
+        (partial / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    hf_config.save_pretrained(partial)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(partial)
+    if out.exists():
+        shutil.rmtree(out)
+    os.rename(partial, out)
+    return out

@@ -1,0 +1,281 @@
+"""The actor loop (NeMo-Aligner's shape, on megatron-core):
+
+    rollout (iGRPO: drafts -> best draft -> refinement prompts -> refinements; GRPO: one stage)
+    -> reward -> advantages -> old log-probs -> train -> refit generator -> log / validate / checkpoint
+
+The loop talks to the policy and the generator only through their interfaces; the same SPMD program runs on a
+laptop (one process, gloo) and on a cluster (torchrun / srun, NCCL).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nemo_igrpo.algorithms.advantages import compute_advantages
+from nemo_igrpo.algorithms.losses import make_policy_loss
+from nemo_igrpo.backends import collectives
+from nemo_igrpo.batch import TrainBatch
+from nemo_igrpo.backends.generation.interface import SamplingParams
+from nemo_igrpo.config import Config, ConfigError, to_dict, to_yaml
+from nemo_igrpo.data.sampler import PromptSampler
+from nemo_igrpo.trainer import seeding
+from nemo_igrpo.trainer.batching import masked_mean, pack_sequences
+from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, check_resume_compatible
+from nemo_igrpo.trainer.data import load_prompt_splits
+from nemo_igrpo.trainer.metrics_logger import MetricsLogger
+from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
+
+log = logging.getLogger("nemo_igrpo.trainer")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class _Preemption:
+    """SIGTERM (Slurm preemption, ``scancel``) asks for a checkpoint at the end of the current step, then exit."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def model_fingerprint(hf_config: Any) -> dict[str, Any]:
+    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "intermediate_size", "vocab_size", "tie_word_embeddings")
+    return {k: getattr(hf_config, k, None) for k in keys}
+
+
+class Trainer:
+    def __init__(self, cfg: Config) -> None:
+        from transformers import AutoTokenizer
+
+        from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
+        from nemo_igrpo.backends.policy.parallel import initialize_parallel
+        from nemo_igrpo.backends.policy.weights import read_hf_checkpoint
+
+        self.cfg = cfg
+        if not cfg.policy.model_path:
+            raise ConfigError("config key 'policy.model_path': required (a Hugging Face model directory)")
+        self.layout = initialize_parallel(cfg.policy.tensor_model_parallel_size,
+                                          cfg.policy.pipeline_model_parallel_size, cfg.trainer.seed)
+        self.is_rank0 = self.layout.rank == 0
+        self.output_dir = Path(cfg.trainer.output_dir)
+        self.checkpoints = CheckpointDirectory(self.output_dir / "checkpoints")
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.policy.tokenizer_path or cfg.policy.model_path,
+                                                       trust_remote_code=cfg.policy.trust_remote_code)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+        splits = load_prompt_splits(cfg.data, self.tokenizer)
+        self.train_records, self.validation_records = splits.train, splits.validation
+        per_step = cfg.data.prompts_per_step
+        if per_step % self.layout.dp_size:
+            raise ConfigError(f"config key 'data.prompts_per_step': {per_step} is not divisible by the data-parallel "
+                              f"size {self.layout.dp_size}")
+        if len(self.train_records) < per_step:
+            raise ConfigError(f"config key 'data.prompts_per_step': {per_step} exceeds the {len(self.train_records)} "
+                              "usable training prompts")
+        steps_per_epoch = len(self.train_records) // per_step
+        self.total_steps = cfg.trainer.max_steps or steps_per_epoch * cfg.data.num_epochs
+        self.sampler = PromptSampler(len(self.train_records), seed=cfg.data.seed)
+
+        self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
+        self.policy = MegatronPolicy(cfg.policy, self.layout, self.hf_config,
+                                     temperature=cfg.generation.temperature, total_steps=self.total_steps,
+                                     hf_state_dict=hf_state)
+        del hf_state
+        self.loss_fn = make_policy_loss(cfg.algorithm, max_response_tokens=cfg.generation.max_new_tokens)
+        self.worker: RolloutWorker | None = None
+        if self.layout.is_mp_src:
+            self.worker = self._build_worker()
+        self.step = 0
+        self.consecutive_nonfinite = 0
+
+    # ----------------------------------------------------------------------------------------------- construction
+    def _build_worker(self) -> RolloutWorker:
+        from nemo_igrpo.backends.generation import build_generator
+        from nemo_igrpo.rewards.reward_fn import RewardFunction
+
+        cfg = self.cfg
+        generator = build_generator(cfg.generation, cfg.policy)
+        sampling = SamplingParams(temperature=cfg.generation.temperature, top_p=cfg.generation.top_p,
+                                  top_k=cfg.generation.top_k, max_new_tokens=cfg.generation.max_new_tokens)
+        return RolloutWorker(generator, RewardFunction(cfg.reward), self.tokenizer, cfg.algorithm, sampling,
+                             cfg.data.system_prompt, cfg.data.instruction, cfg.trainer.seed)
+
+    # --------------------------------------------------------------------------------------------------- resume
+    def _trainer_state(self) -> dict[str, Any]:
+        return {"step": self.step, "sampler": self.sampler.state_dict(), "config": to_dict(self.cfg),
+                "model_fingerprint": model_fingerprint(self.hf_config),
+                "consecutive_nonfinite": self.consecutive_nonfinite}
+
+    def maybe_resume(self) -> None:
+        import json
+
+        if not self.cfg.trainer.resume:
+            return
+        latest = self.checkpoints.latest()
+        if latest is None:
+            if self.is_rank0:
+                log.warning("trainer.resume=true but no complete checkpoint in %s: starting from scratch",
+                            self.checkpoints.root)
+            return
+        state = json.loads((latest / "trainer_state.json").read_text())
+        check_resume_compatible(state, to_dict(self.cfg), model_fingerprint(self.hf_config),
+                                self.cfg.trainer.force_resume)
+        self.policy.load_checkpoint(str(latest / "policy"))
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = int(state["step"])
+        self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+        if self.is_rank0:
+            log.info("resumed from %s (step %d)", latest, self.step)
+
+    def save_checkpoint(self) -> None:
+        if self.is_rank0:
+            self.checkpoints.begin(self.step)
+        collectives.barrier()
+        partial = self.checkpoints.partial_dir(self.step)
+        self.policy.save_checkpoint(str(partial / "policy"))
+        collectives.barrier()
+        if self.is_rank0:
+            self.checkpoints.commit(self.step, self._trainer_state())
+            self.checkpoints.prune(self.cfg.trainer.keep_checkpoints)
+        collectives.barrier()
+
+    # ------------------------------------------------------------------------------------------------ the loop
+    def refit(self) -> float:
+        """Copy the policy's weights into the generator. Every rank takes part in the gather."""
+        t0 = time.perf_counter()
+        named = self.policy.export_hf_weights()
+        if self.worker is not None:
+            self.worker.generator.update_weights(named)
+        else:
+            for _ in named:  # drive the collective gather on the ranks that do not generate
+                pass
+        return time.perf_counter() - t0
+
+    def _rollouts(self) -> StepRollouts:
+        dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
+        indices = self.sampler.next_batch(self.cfg.data.prompts_per_step)
+        records = [self.train_records[i] for i in indices[dp_rank::dp_size]]
+        rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
+        return collectives.broadcast_from_model_parallel_source(rollouts)
+
+    def train_step(self) -> dict[str, float]:
+        t_step = time.perf_counter()
+        self.step += 1
+        rollouts = self._rollouts()
+        metrics = dict(rollouts.metrics)
+        g = rollouts.group_size
+        rewards = torch.tensor(rollouts.rewards, dtype=torch.float32).view(-1, g)
+        advantages = compute_advantages(self.cfg.algorithm.advantage_estimator, rewards,
+                                        self.cfg.algorithm.advantage_eps).reshape(-1)
+        input_ids, loss_mask, gen_logprobs = pack_sequences(rollouts.prompt_ids, rollouts.response_ids,
+                                                            self.tokenizer.pad_token_id, rollouts.generator_logprobs)
+        t0 = time.perf_counter()
+        old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True)
+        metrics["time/logprob"] = time.perf_counter() - t0
+        # A silent refit failure (generator sampling from stale or wrong weights) shows up here first.
+        metrics["refit/logprob_mismatch"] = masked_mean((old_logprobs - gen_logprobs).abs(), loss_mask)
+        metrics["entropy"] = masked_mean(entropy, loss_mask)
+        metrics["advantage/abs_mean"] = float(advantages.abs().mean())
+        batch = TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages,
+                           old_logprobs=old_logprobs, ref_logprobs=None)
+        t0 = time.perf_counter()
+        train_metrics = self.policy.train(batch, self.loss_fn)
+        metrics["time/train"] = time.perf_counter() - t0
+        metrics.update(train_metrics)
+        skipped = bool(train_metrics.get("skipped", 0.0))
+        self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if skipped else 0
+        metrics["time/refit"] = self.refit()
+        metrics = collectives.data_parallel_mean(metrics)
+        metrics["time/step"] = time.perf_counter() - t_step
+        if self.consecutive_nonfinite >= self.cfg.trainer.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} non-finite losses in a row (trainer.max_consecutive_nonfinite="
+                f"{self.cfg.trainer.max_consecutive_nonfinite}) at step {self.step}: stopping. Lower "
+                "policy.optimizer.lr or check the data; the last good checkpoint is in " + str(self.checkpoints.root))
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        limit = self.cfg.trainer.num_validation_prompts or len(self.validation_records)
+        records = self.validation_records[:limit][self.layout.dp_rank::self.layout.dp_size]
+        correct = n = 0.0
+        if self.worker is not None and records:
+            seed = seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.VALIDATION, self.layout.dp_rank)
+            correct, n = self.worker.validate(records, self.cfg.trainer.validation_temperature, seed)
+        if not self.layout.is_mp_src:
+            correct = n = 0.0  # counted once per data-parallel shard
+        correct, n = collectives.data_parallel_sum([correct, n])
+        return {"val/accuracy": correct / n if n else math.nan}
+
+    def fit(self) -> dict[str, float]:
+        cfg = self.cfg.trainer
+        self.maybe_resume()
+        if self.is_rank0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        logger = MetricsLogger(self.output_dir, enabled=self.is_rank0, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                               wandb_project=cfg.wandb_project, run_name=self.cfg.name, config=to_dict(self.cfg),
+                               progress_bar=cfg.progress_bar, total_steps=self.total_steps, initial_step=self.step,
+                               truncate_after_step=self.step)
+        preemption = _Preemption()
+        last: dict[str, float] = {}
+        try:
+            self.refit()  # the generator starts from exactly the policy's weights (after a resume too)
+            if self.step == 0 and cfg.validate_every and self.validation_records:
+                logger.log(0, self.validate())
+            while self.step < self.total_steps:
+                metrics = self.train_step()
+                if cfg.validate_every and (self.step % cfg.validate_every == 0 or self.step == self.total_steps) \
+                        and self.validation_records:
+                    metrics.update(self.validate())
+                logger.log(self.step, metrics)
+                last = metrics
+                stop = collectives.any_rank(preemption.requested)
+                if stop or self.step == self.total_steps or (cfg.save_every and self.step % cfg.save_every == 0):
+                    self.save_checkpoint()
+                if stop:
+                    if self.is_rank0:
+                        log.warning("SIGTERM: saved checkpoint at step %d, exiting", self.step)
+                    break
+            else:
+                self.export_final()
+        finally:
+            preemption.restore()
+            logger.close()
+            if self.worker is not None:
+                self.worker.close()
+        return last
+
+    def export_final(self) -> None:
+        """The trained policy as an HF directory (``output_dir/hf``), ready for ``igrpo evaluate``."""
+        from nemo_igrpo.backends.conversion.hf_io import save_hf_checkpoint
+
+        named = self.policy.export_hf_weights()
+        if self.is_rank0:
+            save_hf_checkpoint(self.output_dir / "hf", self.hf_config, named, self.tokenizer)
+        else:
+            for _ in named:
+                pass
+        collectives.barrier()
+
+    def close(self) -> None:
+        from nemo_igrpo.backends.policy.parallel import destroy_parallel
+
+        destroy_parallel()
