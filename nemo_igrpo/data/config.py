@@ -16,8 +16,13 @@ class SyntheticTaskConfig:
     # Number of operations per problem, inclusive range; more operations = harder.
     min_ops: int = 2
     max_ops: int = 4
-    # Operands are drawn from [0, max_operand].
+    # Operands are drawn from [0, max_operand] (a multiplier from [2, max_operand]).
     max_operand: int = 20
+    # Every intermediate value and the answer stay in [0, max_value]: short numbers keep sequences short enough for a
+    # tiny character-level model (operands are redrawn / operators skipped to respect it).
+    max_value: int = 99
+    # Operators to draw from, any of "+", "-", "*".
+    operators: str = "+-*"
 
 
 @dataclass
