@@ -92,7 +92,7 @@ class Trainer:
                               "usable training prompts")
         steps_per_epoch = len(self.train_records) // per_step
         self.total_steps = cfg.trainer.max_steps or steps_per_epoch * cfg.data.num_epochs
-        self.sampler = PromptSampler(len(self.train_records), seed=cfg.data.seed)
+        self.sampler = PromptSampler(self.train_records, seed=cfg.data.seed)
 
         self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
         self.policy = MegatronPolicy(cfg.policy, self.layout, self.hf_config,
@@ -171,8 +171,7 @@ class Trainer:
 
     def _rollouts(self) -> StepRollouts:
         dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
-        indices = self.sampler.next_batch(self.cfg.data.prompts_per_step)
-        records = [self.train_records[i] for i in indices[dp_rank::dp_size]]
+        records = self.sampler.next_batch(self.cfg.data.prompts_per_step)[dp_rank::dp_size]
         rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
         return collectives.broadcast_from_model_parallel_source(rollouts)
 
