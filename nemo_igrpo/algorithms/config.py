@@ -58,13 +58,15 @@ class AlgorithmConfig:
     policy_loss: str = "grpo"
     # PPO clip epsilon. Not given by the iGRPO paper; 0.2 is the PPO/GRPO convention.
     clip_eps: float = 0.2
-    # Asymmetric clip range for dapo: ratio is clipped to [1 - clip_low, 1 + clip_high]. Null uses clip_eps.
-    # DAPO's "clip-higher": 0.2 / 0.28.
+    # Asymmetric clip range, used by every policy loss: the ratio is clipped to [1 - clip_low, 1 + clip_high]; each
+    # null falls back to clip_eps. DAPO's "clip-higher" (Yu et al. 2025): 0.2 / 0.28. GSPO clips its sequence-level
+    # ratio, whose spread is far smaller (Zheng et al. 2025 use 3e-4 / 4e-4).
     clip_low: float | None = None
     clip_high: float | None = None
     # Dual-clip constant c > 1 (Ye et al. 2020): for negative advantages the loss is bounded by c * |A|. Null: off.
     dual_clip_c: float | None = None
-    # KL penalty coefficient to the reference (initial) policy. Paper: 0, which also skips the reference model.
+    # KL penalty coefficient to the reference (initial) policy, added per token inside the loss's own reduction
+    # (GRPO eq. 3). Paper: 0, which also skips the reference model; > 0 requires reference log-probs.
     kl_coef: float = 0.0
     # KL estimator when kl_coef > 0: k1 (log-ratio), k2 (squared log-ratio / 2), k3 (Schulman's unbiased, the paper's).
     kl_estimator: str = "k3"
