@@ -1,0 +1,166 @@
+"""The evaluation protocol (NeMo-Skills defaults, as used by the iGRPO paper) and the registry of evaluation sets.
+
+Defaults, each overridable (``EvalProtocol`` fields, or the ``igrpo evaluate`` flags):
+
+- samples per problem: 64 for AIME24/AIME25, 8 for every other set (paper Sec. 4: "pass@1 averaged over 64 samples for
+  AIME24/25 and 8 for the others");
+- temperature 0.6, top-p 0.95, no top-k;
+- a long generation limit (32768 new tokens), because reasoning models are cut off by shorter limits and a cut-off
+  answer is graded wrong; tiny local models want a much smaller value (``--max-new-tokens``);
+- the instruction appended to the problem: ``Put the final answer within \\boxed{}.``, the same sentence the training
+  prompts use (``DataConfig.instruction``), so that a trained checkpoint is evaluated on the prompt format it was
+  trained on. NeMo-Skills' generic math prompt (``nemo_skills/prompt/config/generic/math.yaml``) instead *prefixes* the
+  problem with ``Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}.``;
+  that wording is kept here as ``NEMO_SKILLS_MATH_INSTRUCTION`` for reproducing NeMo-Skills numbers of a model that
+  was not trained by this project (``--instruction nemo-skills``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The instruction of this project's training prompts (DataConfig.instruction); the evaluation default.
+BOXED_INSTRUCTION = "Put the final answer within \\boxed{}."
+# NeMo-Skills' generic math prompt sentence (their template puts it before the problem; we append instructions after
+# the problem, which is the only placement build_messages offers: say so when you compare with their numbers).
+NEMO_SKILLS_MATH_INSTRUCTION = "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
+# Named instructions accepted by --instruction.
+INSTRUCTION_PRESETS = {"boxed": BOXED_INSTRUCTION, "nemo-skills": NEMO_SKILLS_MATH_INSTRUCTION}
+
+# Sets evaluated with 64 samples per problem (few problems, high variance); every other set gets DEFAULT_K.
+K_PER_DATASET = {"aime24": 64, "aime25": 64}
+DEFAULT_K = 8
+
+
+@dataclass
+class EvalProtocol:
+    """How samples are drawn and scored. ``k = 0`` means the per-dataset default (``k_for``)."""
+
+    k: int = 0
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = -1
+    max_new_tokens: int = 32768
+    system_prompt: str | None = None
+    instruction: str = BOXED_INSTRUCTION
+    # Base seed; every generate() call's seed derives from (seed, dataset, first problem id of the call, sub-batch).
+    seed: int = 0
+    # Problems whose samples are generated in one generate() call. Larger batches keep a vLLM engine busy; the
+    # grouping is fixed by problem order (not by what a resumed run still has to do), so resuming reproduces it.
+    problems_per_call: int = 1
+    # Most sequences in one generate() call; a call with more (k * problems_per_call) is split into fixed sub-batches.
+    max_batch_sequences: int = 64
+    # Evaluate only the first N problems of each set (smoke tests); 0: all.
+    limit: int = 0
+    # Per-dataset k overrides, e.g. {"math500": 4}; wins over `k` and over K_PER_DATASET.
+    k_per_dataset: dict[str, int] = field(default_factory=dict)
+
+    def k_for(self, dataset: str) -> int:
+        """Samples per problem for ``dataset``: the per-dataset override, else ``k``, else the NeMo-Skills default."""
+        if dataset in self.k_per_dataset:
+            return self.k_per_dataset[dataset]
+        if self.k > 0:
+            return self.k
+        return K_PER_DATASET.get(dataset, DEFAULT_K)
+
+    def validate(self) -> None:
+        """Reject settings that cannot produce a meaningful evaluation, naming the field."""
+        if self.k < 0:
+            raise ValueError(f"protocol.k must be >= 0 (0: per-dataset default), got {self.k}")
+        for name, k in self.k_per_dataset.items():
+            if k < 1:
+                raise ValueError(f"protocol.k_per_dataset[{name!r}] must be >= 1, got {k}")
+        if self.temperature < 0:
+            raise ValueError(f"protocol.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"protocol.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"protocol.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.problems_per_call < 1 or self.max_batch_sequences < 1:
+            raise ValueError("protocol.problems_per_call and protocol.max_batch_sequences must be >= 1")
+        if self.limit < 0:
+            raise ValueError(f"protocol.limit must be >= 0, got {self.limit}")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def sampling_fingerprint(self, dataset: str) -> dict:
+        """What must not change between a killed run and its resumption for the results to be one evaluation.
+        ``limit`` is left out on purpose: raising it after a smoke run extends the same evaluation."""
+        d = self.as_dict()
+        for key in ("limit", "k", "k_per_dataset"):
+            d.pop(key)
+        d["k"] = self.k_for(dataset)
+        d["dataset"] = dataset
+        return d
+
+
+# --- dataset registry --------------------------------------------------------------------------------------------------
+
+# Known sets and their file names in the shared data directory.
+KNOWN_DATASETS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl"}
+# Environment variable naming a directory that holds <name>.jsonl files (wins over the default location).
+DATA_DIR_ENV = "IGRPO_EVAL_DATA_DIR"
+
+
+def default_data_dirs() -> list[Path]:
+    """Where known sets are looked for, in order: $IGRPO_EVAL_DATA_DIR, ``../shared/data`` next to the repository
+    checkout, and ``../shared/data`` relative to the working directory."""
+    dirs = []
+    if os.environ.get(DATA_DIR_ENV):
+        dirs.append(Path(os.environ[DATA_DIR_ENV]))
+    repo_root = Path(__file__).resolve().parents[2]
+    dirs.append(repo_root.parent / "shared" / "data")
+    dirs.append(Path.cwd().parent / "shared" / "data")
+    return dirs
+
+
+def resolve_datasets(names: list[str], paths: dict[str, str] | None = None) -> dict[str, Path]:
+    """Map each requested set to its JSONL file. ``paths`` (``--data name=path``) wins; known sets fall back to the
+    default data directories. A name with no file is an error that says how to give one."""
+    paths = dict(paths or {})
+    resolved: dict[str, Path] = {}
+    for name in names:
+        if name in paths:
+            p = Path(paths[name]).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(f"dataset {name!r}: {p} is not a file")
+            resolved[name] = p
+            continue
+        if name in KNOWN_DATASETS:
+            for d in default_data_dirs():
+                if (d / KNOWN_DATASETS[name]).is_file():
+                    resolved[name] = d / KNOWN_DATASETS[name]
+                    break
+            else:
+                looked = ", ".join(str(d) for d in default_data_dirs())
+                raise FileNotFoundError(
+                    f"dataset {name!r}: {KNOWN_DATASETS[name]} not found in {looked}; "
+                    f"pass --data {name}=PATH.jsonl or set {DATA_DIR_ENV}"
+                )
+            continue
+        raise ValueError(
+            f"unknown dataset {name!r}: known sets are {sorted(KNOWN_DATASETS)}; for any other set pass "
+            f"--data {name}=PATH.jsonl (one JSON object per line with 'problem' and 'answer', optionally 'id')"
+        )
+    return resolved
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Read an evaluation set with the project's prompt reader (``data.prompts.load_prompts``: ``problem`` and
+    ``answer`` per line, ``id`` optional, errors name file and line) as plain dicts. Ids must be unique because they
+    key the resumable sample file."""
+    from nemo_igrpo.data.prompts import load_prompts
+
+    records = [{"id": r.id, "problem": r.problem, "answer": r.answer} for r in load_prompts(path)]
+    if not records:
+        raise ValueError(f"{path}: no records")
+    seen: set[str] = set()
+    for r in records:
+        if r["id"] in seen:
+            raise ValueError(f"{path}: duplicate id {r['id']!r}")
+        seen.add(r["id"])
+    return records
