@@ -1,0 +1,133 @@
+"""Grading worker process: ``python -m nemo_igrpo.rewards._worker TIMEOUT_S MEMORY_MB``.
+
+Started by ``math_grader.MathGrader`` with fork+exec (``subprocess``), never with ``fork()`` of the trainer: the
+trainer has torch/gloo threads, and a forked copy of a threaded process can deadlock on a lock held by a thread that
+does not exist in the child. Exec'ing a fresh interpreter also means the worker imports only math-verify, not the
+caller's ``__main__`` (which multiprocessing's spawn/forkserver would re-import, torch and all).
+
+Protocol: one JSON object per line on stdin, one JSON reply per line on the private reply fd (the original stdout;
+fd 1 itself is pointed at stderr so that a stray ``print`` in a library cannot corrupt the stream).
+  request  {"op": "grade", "pred": str, "gold": str}  -> {"score": 0.0|1.0, "timed_out": bool, "error": str|null}
+  request  {"op": "parseable", "gold": str}           -> {"score": 1.0 if parseable else 0.0, ...}
+The first line written is {"ready": true}, after imports and a warm-up grade, so that the parent's per-item deadline
+never pays for interpreter start-up.
+
+Time limits: a soft limit here (``setitimer`` raising an exception that math-verify's ``except Exception`` blocks cannot
+swallow) lets most slow items end without losing the process; the parent's hard deadline (a little later) kills the
+process when it is stuck in C code (a huge integer power) where no Python signal handler can run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from collections import OrderedDict
+
+
+class _Expired(BaseException):
+    """Raised by the soft-timeout alarm. BaseException so that ``except Exception`` in math-verify/sympy lets it pass."""
+
+
+def _on_alarm(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Expired()
+
+
+def wrap_latex(s: str) -> str:
+    """Math-verify's LaTeX extractor needs math delimiters; a bare answer like ``50\\%`` or ``(1, 2]`` is wrapped in
+    ``$...$`` (measured: without it, percents, intervals, sets, radicals and letters fail to parse)."""
+    if "$" in s.replace("\\$", "") or "\\(" in s or "\\[" in s:
+        return s
+    return f"${s}$"
+
+
+class _Grader:
+    def __init__(self) -> None:
+        from math_verify import parse, verify  # the only heavy import of the worker
+        from sympy import Basic, MatrixBase
+
+        self._parse, self._verify = parse, verify
+        self._sympy_types = (Basic, MatrixBase)
+        # In GRPO a gold answer is graded against every response of its group: parse it once.
+        self._gold_cache: OrderedDict[str, list] = OrderedDict()
+
+    def parse(self, s: str) -> list:
+        # Timeouts are ours (see module docstring); math-verify's own signal.alarm would cancel our timer.
+        return self._parse(wrap_latex(s), parsing_timeout=None)
+
+    def gold(self, gold: str) -> list:
+        hit = self._gold_cache.get(gold)
+        if hit is None:
+            hit = self.parse(gold)
+            self._gold_cache[gold] = hit
+            if len(self._gold_cache) > 4096:
+                self._gold_cache.popitem(last=False)
+        return hit
+
+    def parseable(self, gold: str) -> bool:
+        parsed = self.gold(gold)
+        return bool(parsed) and isinstance(parsed[0], self._sympy_types)
+
+    def grade(self, pred: str, gold: str) -> float:
+        g = self.gold(gold)
+        if not g:
+            raise ValueError("gold answer does not parse")
+        p = self.parse(pred)
+        if not p:
+            return 0.0
+        return 1.0 if self._verify(g, p, timeout_seconds=None) else 0.0
+
+
+def _handle(grader: _Grader, req: dict, timeout_s: float) -> dict:
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        if req.get("op") == "parseable":
+            score = 1.0 if grader.parseable(req["gold"]) else 0.0
+        else:
+            score = grader.grade(req["pred"], req["gold"])
+        return {"score": score, "timed_out": False, "error": None}
+    except _Expired:
+        return {"score": 0.0, "timed_out": True, "error": "soft timeout"}
+    except RecursionError:
+        return {"score": 0.0, "timed_out": False, "error": "recursion limit (deeply nested answer)"}
+    except MemoryError:
+        return {"score": 0.0, "timed_out": False, "error": "memory limit"}
+    except Exception as err:  # noqa: BLE001 - any parser failure is a wrong answer, never a dead worker
+        return {"score": 0.0, "timed_out": False, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def main(argv: list[str]) -> int:
+    """Serve grading requests until stdin closes."""
+    timeout_s = float(argv[0]) if argv else 5.0
+    memory_mb = int(argv[1]) if len(argv) > 1 else 0
+    # Ctrl-C goes to the whole process group; the parent decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)
+    out = os.fdopen(reply_fd, "w", buffering=1)
+    if memory_mb > 0:
+        import resource
+
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logging.disable(logging.WARNING)  # math-verify logs every parse failure of model garbage
+    grader = _Grader()
+    _handle(grader, {"op": "grade", "pred": "\\frac{1}{2}", "gold": "0.5"}, max(timeout_s, 30.0))
+    out.write('{"ready": true}\n')
+    for line in sys.stdin.buffer:
+        try:
+            req = json.loads(line)
+        except ValueError:
+            out.write(json.dumps({"score": 0.0, "timed_out": False, "error": "bad request"}) + "\n")
+            continue
+        out.write(json.dumps(_handle(grader, req, timeout_s)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
