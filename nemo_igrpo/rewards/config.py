@@ -14,8 +14,18 @@ class JudgeConfig:
     model: str = ""
     # Name of the environment variable that holds the API key (the key itself never goes into a config or a log).
     api_key_env: str = "JUDGE_API_KEY"
+    # Per-request HTTP timeout in seconds.
     timeout_s: float = 60.0
+    # Retries after a failed request (connection error, timeout, HTTP 429 or 5xx); other 4xx are not retried.
     max_retries: int = 3
+    # First retry waits this long; each further retry doubles it (exponential backoff, capped at 30 s).
+    backoff_s: float = 1.0
+    # Requests in flight at once (threads); the endpoint batches them.
+    concurrency: int = 8
+    # Token budget of the judge's reply (it must end with "SCORE: <number in [0, 1]>", see docs/rewards.md).
+    max_tokens: int = 512
+    # Sampling temperature of the judge (0: deterministic verdicts).
+    temperature: float = 0.0
 
 
 @dataclass
@@ -28,4 +38,10 @@ class RewardConfig:
     num_workers: int = 2
     # Hard per-item grading limit in seconds: a pathological answer scores 0 and counts as a timeout.
     timeout_s: float = 5.0
+    # Address-space limit of each grading worker in MiB (0: none), so that an answer that expands into a huge
+    # number cannot take the node's memory; hitting it scores 0.
+    worker_memory_mb: int = 4096
+    # Set when the chat template opens <think> in the prompt (e.g. DeepSeek-R1-Distill): the response then starts
+    # inside the reasoning, and the format reward requires "...</think>" + answer instead of "<think>...</think>".
+    think_opened_in_prompt: bool = False
     judge: JudgeConfig = field(default_factory=JudgeConfig)
