@@ -130,7 +130,9 @@ def gspo_loss(log_ratio: Tensor, advantages: Tensor, mask: Tensor, clip: ClipRan
     seq_log_ratio = log_ratio.sum(dim=1) / lengths.clamp_min(1.0)
     ratio = torch.exp(seq_log_ratio)
     loss, cut = clipped_surrogate(ratio, advantages, clip)
-    spread = lambda x: x[:, None].expand_as(log_ratio)  # noqa: E731
+    def spread(x: Tensor) -> Tensor:
+        return x[:, None].expand_as(log_ratio)
+
     return Surrogate(spread(loss), spread(ratio), spread(cut), Aggregation.SEQ_MEAN_TOKEN_MEAN)
 
 
