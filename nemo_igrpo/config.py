@@ -94,7 +94,15 @@ def validate(cfg: Config) -> None:
     _choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
     _choice("algorithm.kl_estimator", a.kl_estimator, ["k1", "k2", "k3"])
     _positive("algorithm.group_size", a.group_size)
-    _positive("algorithm.clip_eps", a.clip_eps)
+    if not 0 < a.clip_eps < 1:
+        raise ConfigError(f"config key 'algorithm.clip_eps': must be in (0, 1), got {a.clip_eps}")
+    if a.clip_low is not None and not 0 < a.clip_low < 1:
+        raise ConfigError(f"config key 'algorithm.clip_low': must be in (0, 1) (or null), got {a.clip_low}")
+    if a.clip_high is not None:
+        _positive("algorithm.clip_high", a.clip_high)
+    if a.dr_grpo_max_tokens is not None:
+        _positive("algorithm.dr_grpo_max_tokens", a.dr_grpo_max_tokens)
+    _positive("algorithm.advantage_eps", a.advantage_eps, allow_zero=True)
     _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
     if a.dual_clip_c is not None and a.dual_clip_c <= 1:
         raise ConfigError(f"config key 'algorithm.dual_clip_c': must be > 1 (or null), got {a.dual_clip_c}")

@@ -86,7 +86,7 @@ class RolloutWorker:
         if n > 0:
             _, drafts = self._sample(prompts, n, seeding.derive_seed(self.run_seed, step, seeding.STAGE_DRAFTS, shard),
                                      timings)
-            counter.add(1, len(drafts.token_ids), sum(len(t) for t in drafts.token_ids))
+            counter.add("stage1", len(drafts.token_ids), sum(len(t) for t in drafts.token_ids))
             draft_texts = [self._decode(t) for t in drafts.token_ids]
             scored = self._score(records, n, draft_texts, timings)
             rewards = [scored.total[i * n:(i + 1) * n] for i in range(len(records))]
@@ -109,7 +109,7 @@ class RolloutWorker:
 
         repeated, out = self._sample(prompts, g, seeding.derive_seed(self.run_seed, step, seeding.STAGE_REFINEMENTS,
                                                                       shard), timings)
-        counter.add(2, len(out.token_ids), sum(len(t) for t in out.token_ids))
+        counter.add("stage2", len(out.token_ids), sum(len(t) for t in out.token_ids))
         texts = [self._decode(t) for t in out.token_ids]
         scored = self._score(records, g, texts, timings)
         metrics["reward/mean"] = _mean(scored.total)
