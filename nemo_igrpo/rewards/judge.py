@@ -37,7 +37,7 @@ SYSTEM_PROMPT = (
 )
 USER_TEMPLATE = "Problem:\n{problem}\n\nReference answer:\n{gold}\n\nCandidate response:\n{response}"
 
-_SCORE = re.compile(r"SCORE\s*[:=]\s*\**\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))", re.IGNORECASE)
+_SCORE = re.compile(r"\bSCORE\s*[:=]\s*\**\s*([-+]?(?:\d+(?:\.\d*)?|\.\d+))", re.IGNORECASE)
 # Responses are truncated to this many characters before they are sent: a runaway generation must not make a
 # request the endpoint rejects (and the judge cannot read a megabyte anyway).
 MAX_RESPONSE_CHARS = 32_000

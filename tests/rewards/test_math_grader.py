@@ -1,0 +1,139 @@
+import os
+import signal
+import time
+
+import pytest
+
+from nemo_igrpo.rewards.math_grader import KILL_GRACE_S, MathGrader, is_parseable_answer
+
+TIMEOUT_S = 1.0
+
+# (gold, final answer as the model writes it inside \boxed{}, expected verdict)
+VERDICTS = [
+    # integers, negatives, decimals vs fractions
+    ("5", "5", 1), ("5", "6", 0), ("-3", "-3", 1), ("-3", "3", 0), ("10", "10.0", 1), ("10", "9.99", 0),
+    ("0.25", "\\frac{1}{4}", 1), ("0.1", "\\frac{1}{10}", 1), ("0.3", "\\frac13", 0),
+    ("-\\frac{1}{2}", "-0.5", 1), ("-\\frac{1}{2}", "0.5", 0),
+    # fractions, latex vs plain
+    ("\\frac{1}{2}", "0.5", 1), ("\\frac{1}{2}", "1/2", 1), ("\\frac12", "\\dfrac{1}{2}", 1),
+    ("\\dfrac{1}{2}", "\\frac{2}{4}", 1), ("\\frac{1}{2}", "\\frac{1}{3}", 0), ("\\frac{3}{4}", "3/4", 1),
+    ("\\dfrac{7}{3}", "2\\frac{1}{3}", 1), ("3.5", "3\\frac{1}{2}", 1),
+    # radicals
+    ("2\\sqrt{2}", "\\sqrt{8}", 1), ("3\\sqrt{2}", "\\sqrt{18}", 1), ("\\sqrt{2}", "1.414", 0),
+    ("\\frac{\\sqrt{3}}{2}", "\\sqrt{3}/2", 1), ("\\frac{\\sqrt{3}}{2}", "0.866", 0),
+    # pi expressions
+    ("2\\pi", "2 \\pi", 1), ("\\frac{\\pi}{2}", "\\pi/2", 1), ("\\pi", "3", 0), ("2\\pi", "6.28", 0),
+    ("\\pi r^2", "r^2\\pi", 1),
+    # sets, tuples, intervals
+    ("\\{1,2,3\\}", "\\{3,2,1\\}", 1), ("\\{1,2\\}", "\\{1,2,3\\}", 0), ("(1,2)", "(2,1)", 0),
+    ("(1, 2]", "(1,2]", 1), ("(1, 2]", "[1,2]", 0), ("(1,2]", "(1,2)", 0), ("(-\\infty, 3)", "(-\\infty,3)", 1),
+    # percent
+    ("50\\%", "50", 1), ("50\\%", "50\\%", 1), ("50\\%", "40\\%", 0),
+    # units
+    ("5", "5 \\text{ cm}", 1), ("5 \\text{ cm}", "5", 1), ("5 \\text{ dollars}", "\\$5", 1), ("30^\\circ", "30", 1),
+    # thousands separators
+    ("1,000", "1000", 1), ("1000", "1,000", 1), ("1,000,000", "1000000", 1), ("12345", "12,345", 1),
+    ("1,000", "1", 0), ("1,000", "10,000", 0),
+    # equations / assignments
+    ("$x = 5$", "5", 1), ("5", "x=5", 1), ("5", "x=6", 0), ("y = 2x+3", "2x+3", 1), ("x=5", "x=4", 0),
+    # multiple choice letters
+    ("C", "C", 1), ("C", "(C)", 1), ("C", "\\text{C}", 1), ("C", "\\text{(C)}", 1), ("D", "\\textbf{(D)}", 1),
+    ("C", "D", 0), ("C", "A", 0),
+    # expressions
+    ("x^2+2x+1", "(x+1)^2", 1), ("10^{3}", "1000", 1), ("\\infty", "\\infty", 1),
+]
+
+
+@pytest.fixture(scope="module")
+def grader():
+    with MathGrader(num_workers=2, timeout_s=TIMEOUT_S) as g:
+        yield g
+
+
+def test_verdict_table(grader):
+    assert len(VERDICTS) >= 40
+    results = grader.grade([f"<think>...</think> \\boxed{{{a}}}" for _, a, _ in VERDICTS],
+                           [g for g, _, _ in VERDICTS])
+    wrong = [(g, a, want, r) for (g, a, want), r in zip(VERDICTS, results) if r.score != want]
+    assert not wrong, wrong
+    assert not any(r.timed_out for r in results)
+    assert {r.score for r in results} == {0.0, 1.0}
+
+
+def test_answer_tag_and_missing_answer(grader):
+    r = grader.grade(["<answer>\\frac{1}{2}</answer>", "I think it is 5", "<answer>The answer is $7$.</answer>"],
+                     ["0.5", "5", "7"])
+    assert [x.score for x in r] == [1.0, 0.0, 1.0]
+    assert r[1].extracted is None and r[1].error
+
+
+PATHOLOGICAL = [
+    "9^{9^{9^{9}}}",
+    "9^9^9^9",
+    "{" * 3000 + "1" + "}" * 3000,                         # deep nesting
+    "\\frac{" * 400 + "1" + "}{2}" * 400,
+    "(" * 2000 + "1" + ")" * 2000,
+    "1" * 9000,                                            # a 9,000-digit number (beyond Python's int-str limit)
+    "x^{x^{x^{x^{x^{x}}}}} + " * 300,
+]
+
+
+def test_pathological_answers_are_bounded(grader):
+    """Each bad item costs at most about one timeout, scores 0, and the pool keeps working afterwards."""
+    responses = [f"\\boxed{{{p}}}" for p in PATHOLOGICAL]
+    responses += ["\\boxed{" + "7" * 20_000 + "}", "a" * 1_000_000 + "\\boxed{" + "x+" * 4000 + "1}"]
+    golds = ["5"] * len(responses)
+    t0 = time.perf_counter()
+    results = grader.grade(responses, golds)
+    elapsed = time.perf_counter() - t0
+    assert all(r.score == 0.0 for r in results)
+    # Some are merely wrong (a huge integer is not 5, a 20,000-char box exceeds the answer cap); most time out.
+    assert sum(r.timed_out for r in results) >= 4
+    # 2 workers; every item may take a full timeout plus the kill grace, plus a worker restart (~1.5 s) each.
+    budget = len(responses) * (TIMEOUT_S + KILL_GRACE_S + 1.0)
+    assert elapsed < budget, (elapsed, [(r.timed_out, r.error) for r in results])
+    ok = grader.grade(["\\boxed{2}", "\\boxed{\\frac{1}{2}}"], ["2", "0.5"])
+    assert [r.score for r in ok] == [1.0, 1.0]
+
+
+def test_timeouts_are_counted(grader):
+    before = grader.stats.timeouts
+    r = grader.grade(["\\boxed{9^{9^{9^{9}}}}", "\\boxed{9^{9^{9^{9}}}}", "\\boxed{3}"], ["5", "5", "3"])
+    assert [x.timed_out for x in r] == [True, True, False]  # duplicates are graded once, counted per response
+    assert grader.stats.timeouts - before == 2
+
+
+def test_killed_worker_is_replaced(grader):
+    restarts = grader.stats.worker_restarts
+    os.kill(grader._workers[0].proc.pid, signal.SIGKILL)
+    r = grader.grade([f"\\boxed{{{i}}}" for i in range(10)], [str(i) for i in range(10)])
+    assert all(x.score == 1.0 for x in r)
+    assert grader.stats.worker_restarts > restarts
+
+
+def test_hung_worker_is_killed_at_the_deadline():
+    """A worker stuck where no signal handler runs (simulated by SIGSTOP) is killed by the parent's deadline."""
+    with MathGrader(num_workers=1, timeout_s=0.5) as g:
+        assert g.grade(["\\boxed{1}"], ["1"])[0].score == 1.0  # wait until the worker is up
+        os.kill(g._workers[0].proc.pid, signal.SIGSTOP)
+        t0 = time.perf_counter()
+        r = g.grade(["\\boxed{1}"], ["1"])[0]
+        assert r.timed_out and r.score == 0.0
+        assert time.perf_counter() - t0 < 0.5 + KILL_GRACE_S + 0.5
+        assert g.stats.worker_restarts == 1
+        assert g.grade(["\\boxed{1}"], ["1"])[0].score == 1.0
+
+
+def test_close_kills_workers():
+    g = MathGrader(num_workers=1, timeout_s=1.0)
+    proc = g._workers[0].proc
+    g.close()
+    assert proc.poll() is not None
+
+
+@pytest.mark.parametrize("answer, ok", [
+    ("5", True), ("\\frac{1}{2}", True), ("$x = 5$", True), ("(1, 2]", True), ("50\\%", True), ("1,000", True),
+    ("C", True), ("", False), ("\\frac{" * 400 + "1" + "}{2}" * 400, False),
+])
+def test_is_parseable_answer(answer, ok):
+    assert is_parseable_answer(answer) is ok
