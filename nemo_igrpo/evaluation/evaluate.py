@@ -1,0 +1,593 @@
+"""``igrpo evaluate``: single-shot sampling (no drafts) of k answers per problem, math-verify grading, avg@k / maj@k /
+pass@k with standard errors, written to a resumable per-sample JSONL file, a summary JSON and a markdown table.
+
+The core is split in three so that each part can be used and tested alone:
+
+- ``generate_chunk``: prompts -> k completions per problem through any ``GenerationInterface`` (HF on CPU, vLLM on
+  GPU);
+- ``grade_samples``: responses -> per-sample rows (extracted answer, correct) with the project's reward function;
+- ``aggregate_dataset``: rows -> metrics (``evaluation.metrics``).
+
+``evaluate_model`` ties them together with resumption; the CLI only builds a generator, a tokenizer and a grader.
+
+Resumption: the samples of a problem are appended (one write, then fsync) only after they are graded, so the file
+holds whole problems, except perhaps a torn last line after a kill. On restart the torn line and any incomplete
+problem are dropped and regenerated, complete problems are kept. Every generate() call is seeded from (protocol seed,
+dataset, first problem id of the call, sub-batch index), and calls group problems by their position in the dataset,
+never by what is left to do, so a resumed evaluation produces the same samples as an uninterrupted one (for a
+generator that is deterministic given its seed, which both backends are on a fixed machine).
+
+Megatron checkpoints are not loaded here: convert them first with ``igrpo convert megatron-to-hf`` and pass the HF
+directory. Nothing from megatron is imported by this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from nemo_igrpo.evaluation import metrics
+from nemo_igrpo.evaluation.protocol import (
+    INSTRUCTION_PRESETS,
+    KNOWN_DATASETS,
+    EvalProtocol,
+    load_records,
+    resolve_datasets,
+)
+
+SAMPLES_DIR = "samples"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+# The per-sample row schema (docs/evaluation.md); extra keys: gold answer and grading timeout flag.
+ROW_KEYS = ("dataset", "problem_id", "sample_idx", "response", "extracted", "correct", "num_tokens", "finish_reason")
+
+
+# --- seeding -----------------------------------------------------------------------------------------------------------
+
+
+def call_seed(base_seed: int, dataset: str, first_problem_id: str, sub_batch: int) -> int:
+    """The seed of one generate() call. A cryptographic hash (not Python's salted ``hash``) so that it is the same in
+    every process and every run; 31 bits because some engines take a signed 32-bit seed."""
+    digest = hashlib.sha256(f"{base_seed}\x00{dataset}\x00{first_problem_id}\x00{sub_batch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+
+
+# --- generation --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    """One generated sample, decoded."""
+
+    response: str
+    num_tokens: int
+    finish_reason: str
+
+
+def build_prompt_ids(tokenizer: Any, records: Sequence[dict], protocol: EvalProtocol) -> list[list[int]]:
+    """Token ids of each problem's single-shot prompt, with the same message builder as training prompts."""
+    from nemo_igrpo.data.prompts import build_messages, encode_messages
+
+    return [
+        encode_messages(tokenizer, build_messages(r["problem"], protocol.system_prompt, protocol.instruction))
+        for r in records
+    ]
+
+
+def generate_chunk(
+    generator: Any,
+    tokenizer: Any,
+    dataset: str,
+    problem_ids: Sequence[str],
+    prompt_ids: Sequence[list[int]],
+    k: int,
+    protocol: EvalProtocol,
+    stop_token_ids: Sequence[int],
+) -> list[list[Completion]]:
+    """``k`` completions for each of a chunk of problems, in as few generate() calls as ``max_batch_sequences``
+    allows. Sequences are laid out problem-major (all k samples of the first problem, then the next), so sample
+    ``j`` of a problem always sits at the same place of the same seeded call."""
+    from nemo_igrpo.backends.generation.interface import SamplingParams
+
+    flat_prompts = [list(p) for p in prompt_ids for _ in range(k)]
+    outputs: list[Completion] = []
+    step = protocol.max_batch_sequences
+    for sub, start in enumerate(range(0, len(flat_prompts), step)):
+        sampling = SamplingParams(
+            temperature=protocol.temperature,
+            top_p=protocol.top_p,
+            top_k=protocol.top_k,
+            max_new_tokens=protocol.max_new_tokens,
+            seed=call_seed(protocol.seed, dataset, problem_ids[0], sub),
+            stop_token_ids=list(stop_token_ids),
+        )
+        out = generator.generate(flat_prompts[start : start + step], sampling)
+        for ids, reason in zip(out.token_ids, out.finish_reasons):
+            outputs.append(Completion(tokenizer.decode(ids, skip_special_tokens=True), len(ids), reason))
+    if len(outputs) != len(flat_prompts):
+        raise RuntimeError(f"generator returned {len(outputs)} completions for {len(flat_prompts)} prompts")
+    return [outputs[i * k : (i + 1) * k] for i in range(len(prompt_ids))]
+
+
+# --- grading -----------------------------------------------------------------------------------------------------------
+
+
+def _grade(grader: Any, problems: list[str], responses: list[str], golds: list[str]):
+    """Per-response (correct, extracted, timed_out) from the project's accuracy grader.
+
+    ``grader`` is a ``MathGrader`` (has ``grade``) or a ``RewardFunction``. For the latter, its accuracy grader
+    (``RewardFunction.grader``, the very ``MathGrader`` that computes the ``accuracy`` component) is asked directly,
+    because only it reports which responses timed out (``RewardOutput.timeouts`` is a count); a reward callable
+    without one is called and its ``accuracy`` component used."""
+    math_grader = grader if hasattr(grader, "grade") else getattr(grader, "grader", None)
+    if math_grader is not None and hasattr(math_grader, "grade"):
+        results = math_grader.grade(responses, golds)
+        return (
+            [float(r.score) >= 0.5 for r in results],
+            [r.extracted for r in results],
+            [bool(r.timed_out) for r in results],
+        )
+    out = grader(problems, responses, golds)
+    if "accuracy" not in out.components:
+        raise ValueError("the reward function computes no 'accuracy' component (is its weight 0?); evaluation needs it")
+    return [float(a) >= 0.5 for a in out.components["accuracy"]], list(out.extracted), [False] * len(responses)
+
+
+def grade_samples(
+    grader: Any, dataset: str, records: Sequence[dict], completions: Sequence[Sequence[Completion]]
+) -> list[list[dict]]:
+    """Grade every completion of every problem in one grader call; return per-problem lists of per-sample rows."""
+    problems, responses, golds = [], [], []
+    for rec, comps in zip(records, completions):
+        for c in comps:
+            problems.append(rec["problem"])
+            responses.append(c.response)
+            golds.append(rec["answer"])
+    correct, extracted, timed_out = _grade(grader, problems, responses, golds) if responses else ([], [], [])
+    rows, i = [], 0
+    for rec, comps in zip(records, completions):
+        problem_rows = []
+        for j, c in enumerate(comps):
+            problem_rows.append(
+                {
+                    "dataset": dataset,
+                    "problem_id": rec["id"],
+                    "sample_idx": j,
+                    "response": c.response,
+                    "extracted": extracted[i],
+                    "correct": bool(correct[i]),
+                    "num_tokens": c.num_tokens,
+                    "finish_reason": c.finish_reason,
+                    "gold": rec["answer"],
+                    "timed_out": bool(timed_out[i]),
+                }
+            )
+            i += 1
+        rows.append(problem_rows)
+    return rows
+
+
+# --- aggregation -------------------------------------------------------------------------------------------------------
+
+
+def aggregate_dataset(rows: Sequence[dict], records: Sequence[dict], k: int) -> dict:
+    """Metrics of one dataset from its per-sample rows, in the order of ``records`` (each must have k samples)."""
+    by_problem: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem_id"], {})[int(r["sample_idx"])] = r
+    correct, answers = [], []
+    for rec in records:
+        samples = by_problem.get(rec["id"], {})
+        if sorted(samples) != list(range(k)):
+            raise ValueError(f"problem {rec['id']!r} has samples {sorted(samples)}, expected 0..{k - 1}")
+        ordered = [samples[j] for j in range(k)]
+        correct.append([bool(s["correct"]) for s in ordered])
+        answers.append([s["extracted"] for s in ordered])
+    summary = metrics.summarize(correct, answers)
+    flat = [s for rec in records for s in by_problem[rec["id"]].values()]
+    summary["per_problem_accuracy"] = dict(zip((r["id"] for r in records), summary["per_problem_accuracy"]))
+    summary["num_samples"] = len(flat)
+    summary["mean_tokens"] = sum(s["num_tokens"] for s in flat) / len(flat)
+    summary["truncated_fraction"] = sum(s["finish_reason"] == "length" for s in flat) / len(flat)
+    summary["no_answer_fraction"] = sum(s["extracted"] in (None, "") for s in flat) / len(flat)
+    summary["grading_timeouts"] = sum(bool(s.get("timed_out")) for s in flat)
+    return summary
+
+
+# --- the resumable sample file -----------------------------------------------------------------------------------------
+
+
+def load_completed(path: Path, k: int, known_ids: set[str]) -> dict[str, list[dict]]:
+    """The complete problems (all k samples) of a sample file, rewriting the file without a torn last line or
+    incomplete problems so that appends continue from a clean state. A bad line other than the last is corruption,
+    not a kill, and is an error naming the line."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # A file that ends with a newline splits into [..., b""]; anything else in the last slot is a torn write.
+    torn = lines.pop() != b""
+    rows: list[dict] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            if lineno == len(lines) and not torn:
+                torn = True  # a torn line that happened to end on a newline byte inside the text: treat as a kill
+                continue
+            raise ValueError(f"{path}:{lineno}: malformed JSON in the sample file (not the last line: not a kill)")
+        if row.get("problem_id") not in known_ids:
+            raise ValueError(
+                f"{path}:{lineno}: problem {row.get('problem_id')!r} is not in this dataset; "
+                "is the output directory from another evaluation?"
+            )
+        rows.append(row)
+    by_problem: dict[str, dict[int, dict]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem_id"], {})[int(r["sample_idx"])] = r
+    complete = {pid: [s[j] for j in range(k)] for pid, s in by_problem.items() if sorted(s) == list(range(k))}
+    if torn or len(complete) != len(by_problem) or sum(map(len, complete.values())) != len(rows):
+        from nemo_igrpo.data.jsonl import write_jsonl
+
+        write_jsonl(path, [r for pid in by_problem if pid in complete for r in complete[pid]])
+    return complete
+
+
+def append_rows(path: Path, rows: Sequence[dict]) -> None:
+    """Append one problem's rows in a single write and fsync, so a kill loses at most the problem being written."""
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _check_fingerprint(path: Path, fingerprint: dict) -> None:
+    """Refuse to resume a sample file written under different sampling settings (the numbers would mix two
+    evaluations); write the fingerprint on first use."""
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != fingerprint:
+            diff = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
+            raise ValueError(
+                f"{path.parent}: existing samples were drawn with different settings ({', '.join(diff)}); "
+                "use a new --output directory or delete the old one"
+            )
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- the whole evaluation ----------------------------------------------------------------------------------------------
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def evaluate_dataset(
+    generator: Any,
+    tokenizer: Any,
+    name: str,
+    records: Sequence[dict],
+    protocol: EvalProtocol,
+    output_dir: str | Path,
+    grader: Any,
+    stop_token_ids: Sequence[int] | None = None,
+) -> dict:
+    """Evaluate one dataset, resuming from ``output_dir/samples/<name>.jsonl``; returns its metrics."""
+    records = [dict(r) if isinstance(r, dict) else {"id": r.id, "problem": r.problem, "answer": r.answer} for r in records]
+    records = [{**r, "id": str(r["id"])} for r in records]
+    # Ids of the whole set, before --limit: a run with a smaller limit than the one that wrote the file must not call
+    # the extra problems foreign.
+    all_ids = {r["id"] for r in records}
+    if protocol.limit:
+        records = records[: protocol.limit]
+    k = protocol.k_for(name)
+    samples_dir = Path(output_dir) / SAMPLES_DIR
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    _check_fingerprint(samples_dir / f"{name}.protocol.json", protocol.sampling_fingerprint(name))
+    path = samples_dir / f"{name}.jsonl"
+    done = load_completed(path, k, all_ids)
+    if stop_token_ids is None:
+        stop_token_ids = default_stop_token_ids(tokenizer)
+    t0, n_new = time.perf_counter(), 0
+    per_call = protocol.problems_per_call
+    for start in range(0, len(records), per_call):
+        chunk = records[start : start + per_call]
+        if all(r["id"] in done for r in chunk):
+            continue
+        # The whole chunk is regenerated even if some of it is done: its seeds belong to the chunk, so this is what
+        # reproduces the uninterrupted run; only the missing problems are written.
+        prompts = build_prompt_ids(tokenizer, chunk, protocol)
+        completions = generate_chunk(
+            generator, tokenizer, name, [r["id"] for r in chunk], prompts, k, protocol, stop_token_ids
+        )
+        graded = grade_samples(grader, name, chunk, completions)
+        for rec, rows in zip(chunk, graded):
+            if rec["id"] in done:
+                continue
+            append_rows(path, rows)
+            done[rec["id"]] = rows
+            n_new += 1
+        n_done = sum(r["id"] in done for r in records)
+        acc = sum(s["correct"] for r in records if r["id"] in done for s in done[r["id"]]) / max(1, n_done * k)
+        _log(f"[{name}] {n_done}/{len(records)} problems, running avg@{k} {acc:.3f}, {time.perf_counter() - t0:.0f}s")
+    rows = [s for r in records for s in done[r["id"]]]
+    summary = aggregate_dataset(rows, records, k)
+    summary["samples_file"] = str(path)
+    summary["resumed_problems"] = len(records) - n_new
+    return summary
+
+
+def default_stop_token_ids(tokenizer: Any) -> list[int]:
+    """End-of-sequence ids: the tokenizer's eos token (chat models end their turn with it)."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        return []
+    return [int(e) for e in eos] if isinstance(eos, (list, tuple)) else [int(eos)]
+
+
+def evaluate_model(
+    generator: Any,
+    tokenizer: Any,
+    datasets: dict[str, Sequence[dict]],
+    protocol: EvalProtocol,
+    output_dir: str | Path,
+    grader: Any,
+    stop_token_ids: Sequence[int] | None = None,
+    model_name: str | None = None,
+) -> dict:
+    """Evaluate ``generator`` on every dataset (name -> records with ``id``, ``problem``, ``answer``), resumably;
+    write ``summary.json`` and ``summary.md`` in ``output_dir`` and return the summary dict:
+    ``{"model", "protocol", "datasets": {name: metrics}}`` (metric keys in ``evaluation.metrics.summarize``)."""
+    protocol.validate()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, records in datasets.items():
+        results[name] = evaluate_dataset(
+            generator, tokenizer, name, records, protocol, output_dir, grader, stop_token_ids
+        )
+    summary = {"model": model_name, "protocol": protocol.as_dict(), "datasets": results}
+    tmp = output_dir / (SUMMARY_JSON + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    os.replace(tmp, output_dir / SUMMARY_JSON)
+    (output_dir / SUMMARY_MD).write_text(summary_markdown(summary), encoding="utf-8")
+    return summary
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def summary_markdown(summary: dict) -> str:
+    """A markdown table of a summary: one row per dataset, accuracies in percent."""
+    datasets = summary["datasets"]
+    ks = sorted({int(key[5:]) for d in datasets.values() for key in d if key.startswith("pass@")})
+    head = ["dataset", "problems", "k", "avg@k ± se", "95% CI", "maj@k", *(f"pass@{k}" for k in ks), "tokens", "truncated"]
+    lines = [
+        f"# Evaluation of {summary.get('model') or 'model'}",
+        "",
+        "Accuracies in percent. avg@k: mean pass@1 over k samples; se: standard error across problems; "
+        "maj@k: majority vote; pass@k: unbiased estimator (Chen et al. 2021).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, d in datasets.items():
+        lo, hi = d["avg@k_ci95"]
+        cells = [
+            name,
+            str(d["num_problems"]),
+            str(d["k"]),
+            f"{_pct(d['avg@k'])} ± {_pct(d['avg@k_stderr'])}",
+            f"[{_pct(lo)}, {_pct(hi)}]",
+            _pct(d.get("maj@k")),
+            *(_pct(d.get(f"pass@{k}")) for k in ks),
+            f"{d.get('mean_tokens', float('nan')):.0f}",
+            _pct(d.get("truncated_fraction")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    p = summary.get("protocol") or {}
+    if p:
+        lines += [
+            "",
+            f"Sampling: temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
+            f"max new tokens {p.get('max_new_tokens')}, seed {p.get('seed')}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``igrpo evaluate``."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="single-shot avg@k / maj@k / pass@k of a model on math sets (resumable)",
+        description=(
+            "Sample k answers per problem (no drafts: iGRPO inference is single-shot), grade them with math-verify, "
+            "and write per-sample JSONL, summary.json and summary.md to --output. Re-running with the same --output "
+            "resumes a killed evaluation. --model must be a Hugging Face model directory; a Megatron checkpoint "
+            "must first be converted with `igrpo convert megatron-to-hf`."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="Hugging Face model directory (config.json, weights, tokenizer)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory, if not the model directory")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf: transformers (CPU); vllm: GPU")
+    p.add_argument(
+        "--datasets",
+        default="aime24,aime25",
+        help=f"comma-separated set names; known: {', '.join(KNOWN_DATASETS)}; others need --data",
+    )
+    p.add_argument(
+        "--data", action="append", default=[], metavar="NAME=PATH", help="JSONL file of a set (repeatable)"
+    )
+    p.add_argument("--k", type=int, default=0, help="samples per problem; 0: 64 for aime24/aime25, 8 otherwise")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=-1)
+    p.add_argument("--max-new-tokens", type=int, default=32768, help="use a few hundred for tiny demo models")
+    p.add_argument("--limit", type=int, default=0, help="only the first N problems of each set; 0: all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--instruction",
+        default="boxed",
+        help=f"appended to each problem; a preset ({', '.join(INSTRUCTION_PRESETS)}) or literal text; '' for none",
+    )
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--problems-per-call", type=int, default=1, help="problems per generate() call (vLLM: raise it)")
+    p.add_argument("--max-batch-sequences", type=int, default=64, help="sequences per generate() call")
+    p.add_argument("--grader-workers", type=int, default=2, help="math-verify worker processes")
+    p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading time limit (s)")
+    p.add_argument("--dtype", default="auto", help="model dtype for the backend (auto, float32, bfloat16)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM only")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
+    p.add_argument("--output", required=True, help="results directory (resumed when it exists)")
+    p.set_defaults(func=run)
+    return p
+
+
+def protocol_from_args(args: argparse.Namespace) -> EvalProtocol:
+    """An EvalProtocol from ``igrpo evaluate`` flags."""
+    instruction = INSTRUCTION_PRESETS.get(args.instruction, args.instruction)
+    return EvalProtocol(
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        system_prompt=args.system_prompt,
+        instruction=instruction,
+        seed=args.seed,
+        problems_per_call=args.problems_per_call,
+        max_batch_sequences=args.max_batch_sequences,
+        limit=args.limit,
+    )
+
+
+def parse_data_flags(items: Sequence[str]) -> dict[str, str]:
+    """``["name=path", ...]`` -> ``{name: path}``, rejecting malformed items."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--data expects NAME=PATH.jsonl, got {item!r}")
+        out[name.strip()] = path.strip()
+    return out
+
+
+def check_hf_model_dir(model: str | Path) -> Path:
+    """The model directory, or a clear error when it is missing or looks like a Megatron checkpoint."""
+    path = Path(model)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--model {path}: not a directory")
+    if (path / "config.json").is_file():
+        return path
+    megatron_markers = ("latest_checkpointed_iteration.txt", "metadata.json", "common.pt", "run_config.yaml")
+    if any((path / m).exists() for m in megatron_markers) or any(path.glob("iter_*")):
+        raise ValueError(
+            f"--model {path} looks like a Megatron checkpoint; convert it first: "
+            f"igrpo convert megatron-to-hf --megatron {path} --hf ORIGINAL_HF_DIR --out HF_DIR, "
+            "then pass --model HF_DIR"
+        )
+    raise ValueError(f"--model {path}: no config.json; expected a Hugging Face model directory")
+
+
+def build_generator(args: argparse.Namespace, model_dir: Path, tokenizer: Any) -> Any:
+    """The generation backend named by ``--backend``, loaded from an HF directory."""
+    if args.backend == "vllm":
+        try:
+            from nemo_igrpo.backends.generation.vllm_generator import VLLMGenerator
+        except ImportError as err:
+            raise SystemExit(
+                f"--backend vllm is unavailable ({err}); it needs a GPU machine with vLLM installed and "
+                "nemo_igrpo.backends.generation.vllm_generator; use --backend hf on CPU"
+            ) from None
+        from nemo_igrpo.backends.generation.config import GenerationConfig
+        from nemo_igrpo.backends.policy.config import PolicyConfig
+
+        # The same constructor the trainer uses (backends.generation.build_generator); no sleep mode: nothing trains.
+        gen_cfg = GenerationConfig(
+            backend="vllm",
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.max_batch_sequences,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            enable_sleep_mode=False,
+        )
+        return VLLMGenerator.from_config(
+            gen_cfg, PolicyConfig(model_path=str(model_dir), trust_remote_code=args.trust_remote_code)
+        )
+    import torch
+
+    from nemo_igrpo.backends.generation.hf_generator import HFGenerator
+
+    # "auto" means float32 on the HF backend: it runs on CPU, where bf16 matmuls are slow and change the samples.
+    dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
+    return HFGenerator(
+        str(model_dir),
+        # One generate() call of the evaluator is at most max_batch_sequences long; matching it keeps a call one batch.
+        batch_size=args.max_batch_sequences,
+        trust_remote_code=args.trust_remote_code,
+        dtype=dtype,
+    )
+
+
+def build_grader(num_workers: int, timeout_s: float) -> Any:
+    """The project's reward function restricted to its accuracy component (format is a training signal, not an
+    evaluation metric). Use as a context manager: it owns grading worker processes."""
+    from nemo_igrpo.rewards.config import RewardConfig
+    from nemo_igrpo.rewards.reward_fn import RewardFunction
+
+    return RewardFunction(RewardConfig(weights={"accuracy": 1.0}, num_workers=num_workers, timeout_s=timeout_s))
+
+
+def run(args: argparse.Namespace) -> int:
+    """``igrpo evaluate``."""
+    protocol = protocol_from_args(args)
+    protocol.validate()
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    paths = resolve_datasets(names, parse_data_flags(args.data))
+    datasets = {name: load_records(path) for name, path in paths.items()}
+    model_dir = check_hf_model_dir(args.model)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(model_dir), trust_remote_code=args.trust_remote_code)
+    generator = build_generator(args, model_dir, tokenizer)
+    with build_grader(args.grader_workers, args.grader_timeout) as grader:
+        summary = evaluate_model(
+            generator, tokenizer, datasets, protocol, args.output, grader,
+            stop_token_ids=stop_token_ids_for(model_dir, tokenizer), model_name=str(model_dir),
+        )
+    print(summary_markdown(summary))
+    return 0
+
+
+def stop_token_ids_for(model_dir: Path, tokenizer: Any) -> list[int]:
+    """The tokenizer's eos plus the model's ``generation_config.json`` eos ids (Qwen2 chat models end a turn with
+    <|im_end|> but list <|endoftext|> too; stopping on either is what their generation config asks)."""
+    ids = default_stop_token_ids(tokenizer)
+    gen_cfg = model_dir / "generation_config.json"
+    if gen_cfg.is_file():
+        eos = json.loads(gen_cfg.read_text(encoding="utf-8")).get("eos_token_id")
+        for e in eos if isinstance(eos, list) else ([eos] if eos is not None else []):
+            if int(e) not in ids:
+                ids.append(int(e))
+    return ids
