@@ -454,7 +454,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-sequences", type=int, default=64, help="sequences per generate() call")
     p.add_argument("--grader-workers", type=int, default=2, help="math-verify worker processes")
     p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading time limit (s)")
-    p.add_argument("--dtype", default="auto", help="model dtype for the backend (auto, float32, bfloat16)")
+    p.add_argument("--dtype", default="auto", help="hf backend: model dtype (auto = float32, or a torch dtype name such as bfloat16)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM only")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
     p.add_argument("--output", required=True, help="results directory (resumed when it exists)")

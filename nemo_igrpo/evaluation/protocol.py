@@ -53,7 +53,9 @@ class EvalProtocol:
     problems_per_call: int = 1
     # Most sequences in one generate() call; a call with more (k * problems_per_call) is split into fixed sub-batches.
     max_batch_sequences: int = 64
-    # Evaluate only the first N problems of each set (smoke tests); 0: all.
+    # Evaluate only the first N problems of each set (smoke tests); 0: all. Raising it later in the same output
+    # directory extends the evaluation; the samples equal a full run's when N is a multiple of problems_per_call
+    # (otherwise the last call of the smaller run held fewer problems).
     limit: int = 0
     # Per-dataset k overrides, e.g. {"math500": 4}; wins over `k` and over K_PER_DATASET.
     k_per_dataset: dict[str, int] = field(default_factory=dict)
