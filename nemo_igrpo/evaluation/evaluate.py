@@ -287,8 +287,8 @@ def evaluate_dataset(
     stop_token_ids: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate one dataset, resuming from ``output_dir/samples/<name>.jsonl``; returns its metrics."""
-    records = [dict(r) if isinstance(r, dict) else {"id": r.id, "problem": r.problem, "answer": r.answer} for r in records]
-    records = [{**r, "id": str(r["id"])} for r in records]
+    # Plain dicts or data.prompts.PromptRecord objects; ids as strings because they key the sample file.
+    records = [_as_record(r) for r in records]
     # Ids of the whole set, before --limit: a run with a smaller limit than the one that wrote the file must not call
     # the extra problems foreign.
     all_ids = {r["id"] for r in records}
@@ -329,6 +329,12 @@ def evaluate_dataset(
     summary["samples_file"] = str(path)
     summary["resumed_problems"] = len(records) - n_new
     return summary
+
+
+def _as_record(r: Any) -> dict:
+    if isinstance(r, dict):
+        return {"id": str(r["id"]), "problem": str(r["problem"]), "answer": str(r["answer"])}
+    return {"id": str(r.id), "problem": str(r.problem), "answer": str(r.answer)}
 
 
 def default_stop_token_ids(tokenizer: Any) -> list[int]:
@@ -376,7 +382,8 @@ def summary_markdown(summary: dict) -> str:
     """A markdown table of a summary: one row per dataset, accuracies in percent."""
     datasets = summary["datasets"]
     ks = sorted({int(key[5:]) for d in datasets.values() for key in d if key.startswith("pass@")})
-    head = ["dataset", "problems", "k", "avg@k ± se", "95% CI", "maj@k", *(f"pass@{k}" for k in ks), "tokens", "truncated"]
+    head = ["dataset", "problems", "k", "avg@k ± se", "95% CI", "maj@k", *(f"pass@{k}" for k in ks)]
+    head += ["tokens", "truncated"]
     lines = [
         f"# Evaluation of {summary.get('model') or 'model'}",
         "",
@@ -454,7 +461,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-batch-sequences", type=int, default=64, help="sequences per generate() call")
     p.add_argument("--grader-workers", type=int, default=2, help="math-verify worker processes")
     p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading time limit (s)")
-    p.add_argument("--dtype", default="auto", help="hf backend: model dtype (auto = float32, or a torch dtype name such as bfloat16)")
+    p.add_argument(
+        "--dtype", default="auto", help="hf backend: model dtype (auto = float32, or a torch dtype name: bfloat16)"
+    )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM only")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
     p.add_argument("--output", required=True, help="results directory (resumed when it exists)")

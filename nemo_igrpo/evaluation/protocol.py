@@ -26,7 +26,9 @@ from pathlib import Path
 BOXED_INSTRUCTION = "Put the final answer within \\boxed{}."
 # NeMo-Skills' generic math prompt sentence (their template puts it before the problem; we append instructions after
 # the problem, which is the only placement build_messages offers: say so when you compare with their numbers).
-NEMO_SKILLS_MATH_INSTRUCTION = "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
+NEMO_SKILLS_MATH_INSTRUCTION = (
+    "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
+)
 # Named instructions accepted by --instruction.
 INSTRUCTION_PRESETS = {"boxed": BOXED_INSTRUCTION, "nemo-skills": NEMO_SKILLS_MATH_INSTRUCTION}
 

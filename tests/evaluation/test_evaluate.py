@@ -173,8 +173,11 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny, grader, tmp_path):
     resumed = E.evaluate_model(generator, tokenizer, datasets, protocol, killed, grader)
     assert resumed["datasets"]["aime_mini"]["resumed_problems"] == 1
     assert _rows(killed, "aime_mini") == _rows(tmp_path / "full", "aime_mini")
-    strip = lambda s: {k: v for k, v in s["datasets"]["aime_mini"].items() if k not in ("samples_file", "resumed_problems")}  # noqa: E731
-    assert strip(resumed) == strip(full)
+    def metrics_of(summary):
+        d = summary["datasets"]["aime_mini"]
+        return {k: v for k, v in d.items() if k not in ("samples_file", "resumed_problems")}
+
+    assert metrics_of(resumed) == metrics_of(full)
 
     # A third run finds everything done and generates nothing.
     again = E.evaluate_model(generator, tokenizer, datasets, protocol, killed, grader)
