@@ -46,6 +46,13 @@ VERDICTS = [
 
 @pytest.fixture(scope="module")
 def grader():
+    # Generous limit: verdicts must not flip to timeouts when the shared CPU is oversubscribed.
+    with MathGrader(num_workers=2, timeout_s=20.0) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def fast_grader():
     with MathGrader(num_workers=2, timeout_s=TIMEOUT_S) as g:
         yield g
 
@@ -78,13 +85,13 @@ PATHOLOGICAL = [
 ]
 
 
-def test_pathological_answers_are_bounded(grader):
+def test_pathological_answers_are_bounded(fast_grader):
     """Each bad item costs at most about one timeout, scores 0, and the pool keeps working afterwards."""
     responses = [f"\\boxed{{{p}}}" for p in PATHOLOGICAL]
     responses += ["\\boxed{" + "7" * 20_000 + "}", "a" * 1_000_000 + "\\boxed{" + "x+" * 4000 + "1}"]
     golds = ["5"] * len(responses)
     t0 = time.perf_counter()
-    results = grader.grade(responses, golds)
+    results = fast_grader.grade(responses, golds)
     elapsed = time.perf_counter() - t0
     assert all(r.score == 0.0 for r in results)
     # Some are merely wrong (a huge integer is not 5, a 20,000-char box exceeds the answer cap); most time out.
@@ -92,11 +99,12 @@ def test_pathological_answers_are_bounded(grader):
     # 2 workers; every item may take a full timeout plus the kill grace, plus a worker restart (~1.5 s) each.
     budget = len(responses) * (TIMEOUT_S + KILL_GRACE_S + 1.0)
     assert elapsed < budget, (elapsed, [(r.timed_out, r.error) for r in results])
-    ok = grader.grade(["\\boxed{2}", "\\boxed{\\frac{1}{2}}"], ["2", "0.5"])
+    ok = fast_grader.grade(["\\boxed{2}", "\\boxed{\\frac{1}{2}}"], ["2", "0.5"])
     assert [r.score for r in ok] == [1.0, 1.0]
 
 
-def test_timeouts_are_counted(grader):
+def test_timeouts_are_counted(fast_grader):
+    grader = fast_grader
     before = grader.stats.timeouts
     r = grader.grade(["\\boxed{9^{9^{9^{9}}}}", "\\boxed{9^{9^{9^{9}}}}", "\\boxed{3}"], ["5", "5", "3"])
     assert [x.timed_out for x in r] == [True, True, False]  # duplicates are graded once, counted per response
@@ -113,13 +121,13 @@ def test_killed_worker_is_replaced(grader):
 
 def test_hung_worker_is_killed_at_the_deadline():
     """A worker stuck where no signal handler runs (simulated by SIGSTOP) is killed by the parent's deadline."""
-    with MathGrader(num_workers=1, timeout_s=0.5) as g:
+    with MathGrader(num_workers=1, timeout_s=2.0) as g:
         assert g.grade(["\\boxed{1}"], ["1"])[0].score == 1.0  # wait until the worker is up
         os.kill(g._workers[0].proc.pid, signal.SIGSTOP)
         t0 = time.perf_counter()
         r = g.grade(["\\boxed{1}"], ["1"])[0]
         assert r.timed_out and r.score == 0.0
-        assert time.perf_counter() - t0 < 0.5 + KILL_GRACE_S + 0.5
+        assert time.perf_counter() - t0 < 2.0 + KILL_GRACE_S + 0.5
         assert g.stats.worker_restarts == 1
         assert g.grade(["\\boxed{1}"], ["1"])[0].score == 1.0
 

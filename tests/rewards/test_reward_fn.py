@@ -19,7 +19,7 @@ class _FixedJudge(JudgeInterface):
 
 
 def test_paper_default_accuracy_plus_format():
-    with RewardFunction(RewardConfig(num_workers=1, timeout_s=2.0)) as fn:
+    with RewardFunction(RewardConfig(num_workers=1, timeout_s=10.0)) as fn:
         out = fn(PROBLEMS, RESPONSES, ANSWERS)
     assert out.components == {"accuracy": [1.0, 0.0, 1.0, 0.0], "format": [1.0, 1.0, 0.0, 0.0]}
     assert out.total == [2.0, 1.0, 1.0, 0.0]

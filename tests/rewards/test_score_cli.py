@@ -21,7 +21,7 @@ def _write(path: Path, lines):
 def test_score_in_process(tmp_path, capsys):
     src = _write(tmp_path / "in.jsonl", ROWS[:2] + ["\n"])
     dst = tmp_path / "out.jsonl"
-    assert main(["score", "--input", str(src), "--output", str(dst), "--workers", "1", "--timeout", "2"]) == 0
+    assert main(["score", "--input", str(src), "--output", str(dst), "--workers", "1", "--timeout", "10"]) == 0
     out = [json.loads(line) for line in dst.read_text().splitlines()]
     assert out[0]["id"] == 7 and out[0]["accuracy"] == 1.0 and out[0]["format"] == 1.0 and out[0]["reward"] == 2.0
     assert out[0]["extracted_answer"] == "\\frac{1}{2}"
@@ -57,7 +57,7 @@ def test_missing_input_file(tmp_path, capsys):
 def test_console_script_to_stdout(tmp_path):
     src = _write(tmp_path / "in.jsonl", ROWS)
     exe = Path(sys.executable).parent / "igrpo"
-    proc = subprocess.run([str(exe), "score", "--input", str(src), "--workers", "2", "--timeout", "1"],
+    proc = subprocess.run([str(exe), "score", "--input", str(src), "--workers", "2", "--timeout", "3"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = [json.loads(line) for line in proc.stdout.splitlines()]
