@@ -44,7 +44,11 @@ igrpo_mount_paths() {
 # MASTER_ADDR / MASTER_PORT / WORLD_SIZE for torch.distributed, from the allocation.
 igrpo_rendezvous() {
   [[ -n ${SLURM_JOB_NODELIST:-} ]] || igrpo_die "SLURM_JOB_NODELIST is not set: run this script with sbatch"
-  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  # The first host of the allocation. (Not `| head -n 1`: under `set -o pipefail` scontrol may die of SIGPIPE once
+  # head has exited, failing the job at random on large allocations.)
+  local hosts
+  hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST")
+  MASTER_ADDR=${hosts%%$'\n'*}
   [[ -n $MASTER_ADDR ]] || igrpo_die "scontrol returned no host for SLURM_JOB_NODELIST=$SLURM_JOB_NODELIST"
   # A port derived from the job id: two jobs sharing a node do not collide, and a requeued job (same id) reuses it.
   MASTER_PORT=${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
