@@ -12,8 +12,7 @@ def build_generator(gen: GenerationConfig, policy: PolicyConfig) -> GenerationIn
     if gen.backend == "hf":
         from nemo_igrpo.backends.generation.hf_generator import HFGenerator
 
-        return HFGenerator.from_pretrained(policy.model_path, batch_size=gen.batch_size,
-                                           trust_remote_code=policy.trust_remote_code)
+        return HFGenerator(policy.model_path, batch_size=gen.batch_size, trust_remote_code=policy.trust_remote_code)
     if gen.backend == "vllm":
         try:
             from nemo_igrpo.backends.generation.vllm_generator import VLLMGenerator
