@@ -38,9 +38,9 @@ def _cpu_current_device():
 def patch_current_device() -> Callable[[], None]:
     """``torch.cuda.current_device()`` -> the CPU device.
 
-    Needed by: tensor-parallel gathers (``tensor_parallel.mappings._gather_along_first_dim``), the rotary embedding
-    and pipeline p2p shape exchange (``p2p_communication._communicate_shapes`` / ``_communicate``) which all allocate
-    buffers with ``device=torch.cuda.current_device()``.
+    Needed by: the rotary embedding (``RotaryEmbedding.get_emb`` in every GPTModel forward), tensor-parallel
+    gathers (``tensor_parallel.mappings``) and pipeline p2p receive buffers (``p2p_communication._communicate``),
+    which all allocate with ``device=torch.cuda.current_device()``.
     """
     return _setattr_undoable(torch.cuda, "current_device", _cpu_current_device)
 
@@ -153,8 +153,8 @@ class CudaToCpuMode(TorchFunctionMode):
 def patch_cuda_factories() -> Callable[[], None]:
     """A ``TorchFunctionMode`` that sends ``device="cuda"`` factory calls to the CPU.
 
-    Needed by: the default causal mask (``transformer.utils.get_default_causal_mask``, used by the local-spec
-    attention), the token counters in ``pipeline_parallel.schedules.forward_backward_*`` and the optimizer's
+    Needed by: the default causal mask (``transformer.utils.get_default_causal_mask``, built by the local-spec
+    attention's softmax when no mask is passed), the token counters in ``pipeline_parallel.schedules.forward_backward_*`` and the optimizer's
     ``found_inf``/grad-norm buffers (``optimizer.optimizer``, ``optimizer.clip_grads``).
     The mode stays on the mode stack of the thread that applied it (the training thread).
     """
