@@ -100,11 +100,6 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     if tp < 1 or pp < 1:
         raise ValueError(f"tensor and pipeline parallel sizes must be >= 1, got tp={tp}, pp={pp}")
     use_cuda = torch.cuda.is_available()
-    if not use_cuda:
-        from nemo_igrpo.backends.cpu_shims import apply_cpu_shims
-
-        apply_cpu_shims()
-
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
@@ -120,6 +115,9 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
         device = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
+        from nemo_igrpo.backends.cpu_shims import apply_cpu_shims
+
+        apply_cpu_shims()
         device = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group(
