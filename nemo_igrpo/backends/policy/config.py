@@ -13,6 +13,7 @@ class OptimizerConfig:
     min_lr_ratio: float = 0.1
     # Linear warmup as a fraction of the total steps. Paper: 0.1.
     warmup_ratio: float = 0.1
+    # Decoupled (AdamW) weight decay; as in Megatron, biases and 1-D parameters (norm weights) get none.
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -20,6 +21,7 @@ class OptimizerConfig:
     # Clip the global gradient norm to this value; 0 disables clipping.
     clip_grad: float = 1.0
     # Megatron's distributed optimizer (ZeRO-1 over data parallel). GPU only: ignored with a warning on CPU.
+    # A checkpoint's optimizer state is stored per model tensor, so it reshards across TP/PP/DP either way.
     use_distributed_optimizer: bool = True
 
 
@@ -37,6 +39,9 @@ class PolicyConfig:
     precision: str = "auto"
     # Sequences per forward/backward micro-batch; a step is split into micro-batches with gradient accumulation.
     micro_batch_size: int = 8
+    # Sequences per forward-only micro-batch in get_logprobs (no activations kept, so it can be larger); 0: as
+    # micro_batch_size.
+    logprob_micro_batch_size: int = 0
     # Recompute activations in the backward pass to save memory (Megatron "full" recompute).
     activation_checkpointing: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -1,0 +1,605 @@
+"""The Megatron policy: megatron-core GPTModel + DDP + Megatron optimizer + LR schedule behind ``PolicyInterface``.
+
+Every public method is collective: all ranks of the job (TP x PP x DP) must call it, in the same order.
+
+Inputs: ``get_logprobs``/``train`` take this data-parallel rank's own rows; ranks of one model-parallel group (same
+``dp_rank``) must pass identical tensors. Outputs are identical on all ranks of a model-parallel group.
+
+Gradient semantics of ``train``: the loss function is built with a ``LossNormalizer`` counting the whole step (all
+micro-batches of all DP ranks), so the micro-batch losses of all ranks add up to the step loss; the parameters
+receive exactly the gradient of that step loss (Megatron's own averaging over micro-batches and DP replicas is
+undone, see ``_train_loss_func``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import warnings
+from functools import partial
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nemo_igrpo.backends.policy.config import PolicyConfig
+from nemo_igrpo.backends.policy.interface import LossFn, PolicyInterface
+from nemo_igrpo.batch import TrainBatch
+
+log = logging.getLogger(__name__)
+
+# Bumped when the checkpoint's non-tensor layout changes incompatibly.
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on GPU, fp32 on CPU (CPU bf16 kernels are slow and their rounding makes tests meaningless)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return torch.float32
+    raise ValueError(f"policy.precision={precision!r}: expected one of 'auto', 'bf16', 'fp32'")
+
+
+def lr_schedule_steps(total_steps: int, warmup_ratio: float) -> tuple[int, int]:
+    """(warmup_steps, decay_steps) of the schedule: floor(warmup_ratio * total) warmup, cosine until ``total``."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    warmup = int(warmup_ratio * total_steps)
+    # Megatron's scheduler requires warmup < decay steps.
+    return min(warmup, total_steps - 1), total_steps
+
+
+def make_lr_scheduler(optimizer, ocfg, total_steps: int):
+    """Megatron's ``OptimizerParamScheduler`` for ``ocfg`` (an ``OptimizerConfig``), already stepped once.
+
+    The scheduler's step 0 is lr=0 in warmup; stepping it once up front makes update ``k`` (1-based) use the
+    schedule's value at step ``k``, so no update is wasted at lr 0 and the last one (``k = total_steps``) uses
+    ``min_lr_ratio * lr``. ``num_steps`` therefore always equals completed updates + 1. ``optimizer`` needs only
+    ``param_groups``.
+    """
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    warmup, decay = lr_schedule_steps(total_steps, ocfg.warmup_ratio)
+    sched = OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0,
+        max_lr=ocfg.lr,
+        min_lr=ocfg.lr * ocfg.min_lr_ratio,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=decay,
+        lr_decay_style="cosine",
+        start_wd=ocfg.weight_decay,
+        end_wd=ocfg.weight_decay,
+        wd_incr_steps=decay,
+        wd_incr_style="constant",
+        # The run's config wins over a checkpoint's schedule; only the step count is restored.
+        use_checkpoint_opt_param_scheduler=False,
+        override_opt_param_scheduler=True,
+    )
+    sched.step(1)
+    return sched
+
+
+class MegatronPolicy(PolicyInterface):
+    """A Llama/Qwen2 policy trained with megatron-core.
+
+    Construct after ``initialize_parallel`` on every rank::
+
+        hf_config, sd = read_hf_checkpoint(path)
+        policy = MegatronPolicy(cfg.policy, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
+
+    ``total_steps`` is the number of optimizer steps of the run (the LR schedule ends there). Update ``k`` (1-based)
+    uses the schedule's value at step ``k``: linear warmup reaching ``lr`` at step ``floor(warmup_ratio*total)``,
+    then cosine to ``min_lr_ratio * lr`` at step ``total``. Weight decay is not applied to biases and 1-D parameters
+    (norm weights), as in Megatron.
+    """
+
+    def __init__(self, cfg: PolicyConfig, layout, hf_config, temperature: float, total_steps: int,
+                 hf_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+
+        from nemo_igrpo.backends.policy.model import build_gpt_model
+
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.cfg = cfg
+        self.layout = layout
+        self.hf_config = hf_config
+        self.temperature = float(temperature)
+        self.total_steps = int(total_steps)
+        self.device = torch.device(layout.device)
+        self.on_gpu = self.device.type == "cuda"
+        self.dtype = resolve_dtype(cfg.precision, self.device)
+
+        self.use_distributed_optimizer = bool(cfg.optimizer.use_distributed_optimizer)
+        if self.use_distributed_optimizer and not self.on_gpu:
+            warnings.warn("policy.optimizer.use_distributed_optimizer is GPU-only in megatron-core 0.16 (its buffers "
+                          "and collectives assume CUDA); using the plain optimizer on CPU", stacklevel=2)
+            self.use_distributed_optimizer = False
+
+        overrides: dict[str, Any] = {}
+        if cfg.activation_checkpointing:
+            overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+        chunks = build_gpt_model(hf_config, self.dtype, **overrides)
+        if hf_state_dict is not None:
+            # Before DDP/optimizer creation: the optimizer copies (bf16) or aliases the parameters at construction.
+            from nemo_igrpo.backends.policy.weights import load_hf_state_dict
+
+            load_hf_state_dict(chunks, hf_state_dict, hf_config)
+
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=self.use_distributed_optimizer,
+            # A non-finite gradient must skip the step (reported as skipped=1), not raise inside Megatron.
+            check_for_nan_in_grad=False,
+        )
+        self.model = [
+            DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk,
+                                    # Megatron buckets only the first chunk (the others overlap with its compute).
+                                    disable_bucketing=i > 0)
+            for i, chunk in enumerate(chunks)
+        ]
+        self.optimizer = self._build_optimizer()
+        self.scheduler = self._build_scheduler()
+
+        mcfg = self.model[0].config
+        mcfg.finalize_model_grads_func = finalize_model_grads
+        mcfg.grad_scale_func = self.optimizer.scale_loss
+        mcfg.no_sync_func = (self.model[0].no_sync if len(self.model) == 1 else [m.no_sync for m in self.model])
+        if layout.pp_size > 1:
+            # Micro-batches may differ in size (the last one of a step) and length (per call): let p2p send shapes.
+            mcfg.variable_seq_lengths = True
+
+    # ------------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_hf(cls, cfg: PolicyConfig, layout, temperature: float, total_steps: int,
+                path: str | None = None) -> "MegatronPolicy":
+        """Build from a Hugging Face directory (``path`` or ``cfg.model_path``)."""
+        from nemo_igrpo.backends.policy.weights import read_hf_checkpoint
+
+        hf_config, sd = read_hf_checkpoint(path or cfg.model_path)
+        return cls(cfg, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
+
+    def _build_optimizer(self):
+        from megatron.core.optimizer import OptimizerConfig as MOptimizerConfig
+        from megatron.core.optimizer import get_megatron_optimizer
+
+        o = self.cfg.optimizer
+        bf16 = self.dtype == torch.bfloat16
+        mconf = MOptimizerConfig(
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.lr * o.min_lr_ratio,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            bf16=bf16,
+            params_dtype=self.dtype,
+            use_distributed_optimizer=self.use_distributed_optimizer,
+            # Clipping is done in ``_clip_and_step`` so that a non-finite norm can skip the update first.
+            clip_grad=0.0,
+        )
+        return get_megatron_optimizer(mconf, self.model)
+
+    def _build_scheduler(self):
+        return make_lr_scheduler(self.optimizer, self.cfg.optimizer, self.total_steps)
+
+    # ---------------------------------------------------------------------------------------------------- helpers
+    @property
+    def chunks(self) -> list[torch.nn.Module]:
+        """The unwrapped GPTModel chunks of this PP stage (for weights.py)."""
+        return [m.module for m in self.model]
+
+    @property
+    def num_updates(self) -> int:
+        """Completed optimizer updates (skipped steps excluded)."""
+        return self.scheduler.num_steps - 1
+
+    @property
+    def lr(self) -> float:
+        """The learning rate the next update will use."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _pp_group(self):
+        from megatron.core import parallel_state
+
+        return parallel_state.get_pipeline_model_parallel_group()
+
+    def _pp_last_rank(self) -> int:
+        from megatron.core import parallel_state
+
+        return parallel_state.get_pipeline_model_parallel_last_rank()
+
+    def _dp_group(self):
+        from megatron.core import parallel_state
+
+        return parallel_state.get_data_parallel_group()
+
+    def _micro_batches(self, num_rows: int, size: int) -> list[slice]:
+        size = max(1, size)
+        return [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
+
+    def _run(self, forward_step, data: list[Any], seq_length: int, forward_only: bool) -> list[Any]:
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        return get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(data) if len(self.model) == 1 else [iter(data) for _ in self.model],
+            model=self.model if len(self.model) > 1 else self.model[0],
+            num_microbatches=len(data),
+            seq_length=seq_length,
+            micro_batch_size=max(d["input_ids"].shape[0] for d in data),
+            forward_only=forward_only,
+        )
+
+    def _forward(self, model, input_ids: torch.Tensor) -> torch.Tensor:
+        b, s = input_ids.shape
+        position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
+        # attention_mask=None: causal attention (right padding is invisible to real tokens).
+        return model(input_ids, position_ids, None)
+
+    # -------------------------------------------------------------------------------------------------- log-probs
+    @torch.no_grad()
+    def get_logprobs(self, input_ids: torch.Tensor, return_entropy: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-token log-probs [S, L] (float32, CPU) at the sampling temperature, aligned with ``input_ids``;
+        optionally the entropy [S, L]. Collective; identical on every rank of the model-parallel group."""
+        from nemo_igrpo.backends.policy.logprobs import token_entropy, token_logprobs
+
+        for m in self.model:
+            m.eval()
+        s, l = input_ids.shape
+        ids = input_ids.to(self.device, dtype=torch.long)
+        mbs = self.cfg.logprob_micro_batch_size or self.cfg.micro_batch_size
+        data = [{"input_ids": ids[sl]} for sl in self._micro_batches(s, mbs)]
+        temperature = self.temperature
+
+        def loss_func(mb, logits):
+            lp = token_logprobs(logits, mb["input_ids"], temperature).float()
+            out = {"logprobs": lp}
+            if return_entropy:
+                out["entropy"] = token_entropy(logits, temperature).float()
+            # The schedule wants a scalar "loss"; in forward-only mode it is discarded.
+            return logits.new_zeros(()), out
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator)
+            return self._forward(model, mb["input_ids"]), partial(loss_func, mb)
+
+        outs = self._run(forward_step, data, seq_length=l, forward_only=True) if s > 0 else []
+        lp = torch.zeros(s, l, dtype=torch.float32, device=self.device)
+        ent = torch.zeros(s, l, dtype=torch.float32, device=self.device) if return_entropy else None
+        if self.layout.is_last_stage and s > 0:
+            lp.copy_(torch.cat([o["logprobs"] for o in outs]))
+            if ent is not None:
+                ent.copy_(torch.cat([o["entropy"] for o in outs]))
+        if self.layout.pp_size > 1:
+            dist.broadcast(lp, src=self._pp_last_rank(), group=self._pp_group())
+            if ent is not None:
+                dist.broadcast(ent, src=self._pp_last_rank(), group=self._pp_group())
+        return lp.cpu(), (ent.cpu() if ent is not None else None)
+
+    # --------------------------------------------------------------------------------------------------- training
+    def train(self, batch: TrainBatch, loss_fn: LossFn) -> dict[str, float]:
+        """One optimizer step over this DP rank's ``batch``, micro-batched by ``cfg.micro_batch_size``. Collective.
+
+        Returns (same on every rank): ``loss`` (the step loss, summed over micro-batches and DP ranks), the loss
+        function's metrics token-weighted over the step and DP, ``num_tokens`` (total), ``grad_norm`` (before
+        clipping), ``lr`` (used by this update), ``skipped`` (1.0 when a non-finite loss or gradient norm skipped
+        the update: gradients are dropped and neither the optimizer nor the schedule advance).
+        """
+        from nemo_igrpo.algorithms.losses import LossNormalizer
+
+        for m in self.model:
+            m.train()
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+        s, l = batch.input_ids.shape
+        slices = self._micro_batches(s, self.cfg.micro_batch_size)
+        counts = torch.tensor([float(s), float(batch.loss_mask.sum())], dtype=torch.float64, device=self.device)
+        if self.layout.dp_size > 1:
+            dist.all_reduce(counts, group=self._dp_group())
+        normalizer = LossNormalizer(num_sequences=int(counts[0].item()), num_tokens=int(counts[1].item()))
+
+        data = []
+        for sl in slices:
+            mb = batch.select(sl)
+            data.append({
+                "input_ids": mb.input_ids.to(self.device, dtype=torch.long),
+                "loss_mask": mb.loss_mask.to(self.device, dtype=torch.float32),
+                "advantages": mb.advantages.to(self.device, dtype=torch.float32),
+                "old_logprobs": mb.old_logprobs.to(self.device, dtype=torch.float32),
+                "ref_logprobs": (None if mb.ref_logprobs is None
+                                 else mb.ref_logprobs.to(self.device, dtype=torch.float32)),
+            })
+        # Megatron divides each micro-batch loss by the number of micro-batches and DDP averages gradients over DP.
+        scale = float(len(data) * self.layout.dp_size)
+        loss_func = partial(self._train_loss_func, loss_fn=loss_fn, normalizer=normalizer, scale=scale,
+                            temperature=self.temperature)
+
+        def forward_step(data_iterator, model):
+            mb = next(data_iterator)
+            return self._forward(model, mb["input_ids"]), partial(loss_func, mb)
+
+        outs = self._run(forward_step, data, seq_length=l, forward_only=False) if data else []
+        metrics = self._reduce_train_metrics(outs)
+
+        grad_norm = self._grad_norm()
+        lr_used = self.lr
+        finite = math.isfinite(metrics.get("loss", 0.0)) and math.isfinite(grad_norm)
+        if finite:
+            self._clip(grad_norm)
+            self.optimizer.step_with_ready_grads()
+            self.scheduler.step(1)
+        else:
+            log.warning("non-finite loss (%s) or grad norm (%s): update skipped", metrics.get("loss"), grad_norm)
+        # Gradients of a skipped step must not leak into the next one; after a good step they are spent.
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+        metrics.update(grad_norm=grad_norm, lr=lr_used, skipped=0.0 if finite else 1.0)
+        return metrics
+
+    @staticmethod
+    def _train_loss_func(mb: dict, logits: torch.Tensor, *, loss_fn: LossFn, normalizer, scale: float,
+                         temperature: float):
+        from nemo_igrpo.backends.policy.logprobs import token_entropy, token_logprobs
+
+        logprobs = token_logprobs(logits, mb["input_ids"], temperature)
+        entropy = None
+        if getattr(loss_fn, "needs_entropy", False):
+            entropy = token_entropy(logits, temperature)
+        loss, metrics = loss_fn(logprobs=logprobs, old_logprobs=mb["old_logprobs"], advantages=mb["advantages"],
+                                mask=mb["loss_mask"], ref_logprobs=mb["ref_logprobs"], entropy=entropy,
+                                normalizer=normalizer)
+        reported = {k: v.detach().float() for k, v in metrics.items()}
+        reported["loss"] = loss.detach().float()
+        if "num_tokens" not in reported:
+            reported["num_tokens"] = mb["loss_mask"].sum().detach().float()
+        # ``scale`` cancels the schedule's 1/num_microbatches and DDP's 1/dp_size, so that the summed gradient is
+        # that of sum(micro-batch losses over all ranks) = the step loss under the global normalizer.
+        return loss * scale, reported
+
+    def _reduce_train_metrics(self, outs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Over micro-batches and DP, then sent to every PP stage: ``loss`` and ``num_tokens`` are summed, keys
+        ending in ``/max`` or ``/min`` take the extreme over micro-batches that had tokens, the rest are
+        token-weighted means."""
+        result: dict[str, float] | None = None
+        if self.layout.is_last_stage:
+            keys = sorted({k for o in outs for k in o})
+            # One vector, one all-reduce per op: [sums | maxima | negated minima].
+            sums = torch.zeros(len(keys), dtype=torch.float64, device=self.device)
+            extremes = torch.full((len(keys),), -math.inf, dtype=torch.float64, device=self.device)
+            for o in outs:
+                nt = float(o["num_tokens"])
+                for i, k in enumerate(keys):
+                    if k not in o:
+                        continue
+                    v = float(o[k])
+                    if k in ("loss", "num_tokens"):
+                        sums[i] += v
+                    elif k.endswith("/max") or k.endswith("/min"):
+                        if nt > 0:
+                            extremes[i] = max(float(extremes[i]), v if k.endswith("/max") else -v)
+                    else:
+                        sums[i] += v * nt
+            if self.layout.dp_size > 1:
+                # Keys are the loss function's, identical on every DP rank.
+                dist.all_reduce(sums, group=self._dp_group())
+                dist.all_reduce(extremes, op=dist.ReduceOp.MAX, group=self._dp_group())
+            total_nt = float(sums[keys.index("num_tokens")]) if "num_tokens" in keys else 0.0
+            result = {}
+            for i, k in enumerate(keys):
+                if k in ("loss", "num_tokens"):
+                    result[k] = float(sums[i])
+                elif k.endswith("/max") or k.endswith("/min"):
+                    e = float(extremes[i])
+                    # No token anywhere: the loss's neutral value (ratio 1) has no meaning to preserve; report 0.
+                    result[k] = 0.0 if e == -math.inf else (e if k.endswith("/max") else -e)
+                else:
+                    result[k] = float(sums[i]) / total_nt if total_nt > 0 else 0.0
+        if self.layout.pp_size > 1:
+            box = [result]
+            dist.broadcast_object_list(box, src=self._pp_last_rank(), group=self._pp_group(),
+                                       device=self.device if self.on_gpu else None)
+            result = box[0]
+        return result or {}
+
+    def _optimizers(self) -> list:
+        return list(getattr(self.optimizer, "chained_optimizers", [self.optimizer]))
+
+    @torch.no_grad()
+    def _grad_norm(self) -> float:
+        """Global L2 norm of the step's gradient (after DP reduction), each parameter counted once."""
+        self.optimizer.prepare_grads()
+        if self.on_gpu:
+            return float(self.optimizer.get_grad_norm())
+        # Megatron's get_grad_norm_fp32 allocates its buffers on CUDA: compute it here with the optimizer's own
+        # selection (it drops TP-duplicated params like norm weights and the PP-shared embedding copy).
+        sq = torch.zeros((), dtype=torch.float64, device=self.device)
+        group = None
+        for opt in self._optimizers():
+            for g in opt.get_main_grads_for_grad_norm():
+                sq += g.detach().double().pow(2).sum()
+            group = opt.get_grad_stats_parallel_group()
+        if group is not None and dist.get_world_size(group) > 1:
+            dist.all_reduce(sq, group=group)
+        return float(sq.sqrt())
+
+    @torch.no_grad()
+    def _clip(self, grad_norm: float) -> None:
+        max_norm = self.cfg.optimizer.clip_grad
+        if max_norm <= 0 or grad_norm <= 0:
+            return
+        if self.on_gpu:
+            from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+            for opt in self._optimizers():
+                params = opt.get_parameters()
+                if params:
+                    clip_grad_by_total_norm_fp32(params, max_norm, grad_norm)
+            return
+        coeff = max_norm / (grad_norm + 1.0e-6)
+        if coeff < 1.0:
+            for opt in self._optimizers():
+                for p in opt.get_parameters():
+                    if p.grad is not None:
+                        p.grad.mul_(coeff)
+
+    # ------------------------------------------------------------------------------------------------------ refit
+    def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full weights under HF names (TP-gathered, all PP stages). Collective: every rank must exhaust it."""
+        from nemo_igrpo.backends.policy.weights import export_hf_state_dict
+
+        return export_hf_state_dict(self.chunks, self.hf_config)
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def _model_sharded_state_dict(self, metadata: dict) -> dict:
+        # From the unwrapped GPTModel: tensor keys then do not depend on the DDP wrapper.
+        if len(self.model) == 1:
+            return {"model": self.chunks[0].sharded_state_dict(metadata=metadata)}
+        return {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(self.chunks)}
+
+    @staticmethod
+    def _sharded_metadata() -> dict:
+        # Fully reshardable distributed-optimizer format; no "chained_" key prefix so plain and chained optimizers
+        # produce the same keys.
+        return {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+
+    def _optimizer_has_state(self) -> bool:
+        return any(len(opt.optimizer.state) > 0 for opt in self._optimizers()
+                   if getattr(opt, "optimizer", None) is not None)
+
+    def _rng_object(self, state: dict | None):
+        from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
+
+    def save_checkpoint(self, path: str) -> None:
+        """Model, optimizer (when it has state), LR schedule and per-rank RNG states into directory ``path``
+        with megatron ``dist_checkpointing`` (torch_dist format). Collective; returns after all ranks finished."""
+        import os
+
+        from megatron.core import dist_checkpointing
+
+        meta = self._sharded_metadata()
+        model_sd = self._model_sharded_state_dict(meta)
+        has_opt = self._optimizer_has_state()
+        sd: dict[str, Any] = dict(model_sd)
+        if has_opt:
+            sd["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=False, metadata=meta)
+        sd["scheduler"] = self.scheduler.state_dict()
+        sd["rng_state"] = self._rng_object(_capture_rng_state())
+        sd["policy_meta"] = {
+            "format": CHECKPOINT_FORMAT,
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            "tp": self.layout.tp_size,
+            "pp": self.layout.pp_size,
+            "has_optimizer": has_opt,
+            "distributed_optimizer": self.use_distributed_optimizer,
+        }
+        if (not dist.is_initialized() or dist.get_rank() == 0):
+            os.makedirs(path, exist_ok=True)
+        if dist.is_initialized():
+            dist.barrier()
+        dist_checkpointing.save(sd, path)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def load_checkpoint(self, path: str, load_optimizer: bool = True) -> None:
+        """Inverse of ``save_checkpoint``; TP/PP/DP may differ from the saving run (dist_checkpointing reshards).
+
+        Optimizer state reshards too (the plain optimizer's state is stored per model tensor). RNG states are
+        restored only when the world size is unchanged (they are per rank); otherwise kept as seeded. Collective.
+        """
+        from megatron.core import dist_checkpointing
+
+        common = dist_checkpointing.load_common_state_dict(path)
+        pmeta = common.get("policy_meta", {})
+        if pmeta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a policy checkpoint of format {CHECKPOINT_FORMAT} (got {pmeta!r})")
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        same_world = pmeta.get("world_size") == world
+        with_opt = load_optimizer and bool(pmeta.get("has_optimizer"))
+
+        meta = self._sharded_metadata()
+        model_sd = self._model_sharded_state_dict(meta)
+        sd: dict[str, Any] = dict(model_sd)
+        if with_opt:
+            sd["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=meta)
+        if same_world:
+            sd["rng_state"] = self._rng_object(None)
+        state = dist_checkpointing.load(sd, path)
+
+        if len(self.model) == 1:
+            self.model[0].module.load_state_dict(state["model"], strict=True)
+        else:
+            for i, m in enumerate(self.model):
+                m.module.load_state_dict(state[f"model{i}"], strict=True)
+        if with_opt:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            # Main (fp32) copies of bf16 params must follow the loaded model weights.
+            self.optimizer.reload_model_params()
+            if load_optimizer and not pmeta.get("has_optimizer"):
+                log.info("%s has no optimizer state (saved before the first update)", path)
+        # Megatron's load_state_dict *adds* the saved step count to the current one.
+        self.scheduler.num_steps = 0
+        self.scheduler.load_state_dict(state["scheduler"])
+        if same_world:
+            _restore_rng_state(state["rng_state"])
+        elif dist.is_initialized() and dist.get_rank() == 0:
+            log.warning("%s was saved with world size %s, now %s: RNG states not restored", path,
+                        pmeta.get("world_size"), world)
+        if dist.is_initialized():
+            dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------------------- RNG state
+def _capture_rng_state() -> dict[str, Any]:
+    """This rank's RNG states as tensors and plain numbers only, so that ``torch.load(weights_only=True)`` loads
+    them (numpy arrays and Python tuples would need unpickling)."""
+    from megatron.core import tensor_parallel
+
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy_name": str(np_name),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "python_version": int(py_version),
+        "python_state": torch.tensor(py_state, dtype=torch.int64),
+        "python_gauss": py_gauss,
+        "tracker": {k: v.clone() for k, v in tensor_parallel.get_cuda_rng_tracker().get_states().items()},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _restore_rng_state(state: dict[str, Any]) -> None:
+    from megatron.core import tensor_parallel
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state((state["numpy_name"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(int(x) for x in state["python_state"].tolist()),
+                     state["python_gauss"]))
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    if torch.cuda.is_available() and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"])
