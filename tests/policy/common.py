@@ -1,0 +1,140 @@
+"""The tiny model, batch and hyper-parameters shared by the policy tests and their worker processes."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+TEMPERATURE = 0.7
+TOTAL_STEPS = 10
+SEQS, LENGTH = 8, 16
+
+
+def optimizer_kwargs() -> dict:
+    # lr large enough that one step moves every weight visibly; clip below the first step's norm so clipping acts.
+    # adam_eps 1e-4, not 1e-8: Adam's first step is lr * g / (|g| + eps), which amplifies float32 summation noise in
+    # near-zero gradient entries by lr / eps; with a tiny eps that noise alone reaches 1e-6 in a few weights.
+    return dict(lr=1e-3, min_lr_ratio=0.1, warmup_ratio=0.0, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
+                adam_eps=1e-4, clip_grad=0.5, use_distributed_optimizer=False)
+
+
+def policy_config(model_path: str, micro_batch_size: int = 8, tp: int = 1, pp: int = 1):
+    from nemo_igrpo.backends.policy.config import OptimizerConfig, PolicyConfig
+
+    return PolicyConfig(model_path=model_path, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                        precision="auto", micro_batch_size=micro_batch_size,
+                        optimizer=OptimizerConfig(**optimizer_kwargs()))
+
+
+def make_loss():
+    from nemo_igrpo.algorithms.config import AlgorithmConfig
+    from nemo_igrpo.algorithms.losses import make_policy_loss
+
+    return make_policy_loss(AlgorithmConfig(), max_response_tokens=LENGTH)
+
+
+def tiny_hf_model(seed: int = 0) -> transformers.LlamaForCausalLM:
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                      max_position_embeddings=64, rope_theta=10000.0, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).float()
+    with torch.no_grad():
+        # Non-trivial norm weights, so that a wrong treatment of TP-duplicated params shows.
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def make_batch(seed: int) -> dict[str, torch.Tensor]:
+    """Prompt + response rows of different lengths, right-padded with 0; old log-probs are filled by the test."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(SEQS, LENGTH, dtype=torch.long)
+    mask = torch.zeros(SEQS, LENGTH)
+    for i in range(SEQS):
+        prompt = int(torch.randint(2, 6, (1,), generator=g))
+        total = int(torch.randint(prompt + 2, LENGTH + 1, (1,), generator=g))
+        ids[i, :total] = torch.randint(1, 128, (total,), generator=g)
+        mask[i, prompt:total] = 1.0
+    adv = torch.randn(SEQS, generator=g)
+    return {"input_ids": ids, "loss_mask": mask, "advantages": adv}
+
+
+@torch.no_grad()
+def hf_logprobs(model, ids: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    return hf_logprobs_grad(model, ids, temperature)
+
+
+def hf_logprobs_grad(model, ids: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
+    logits = model(input_ids=ids).logits.float()
+    lp = torch.log_softmax(logits[:, :-1] / temperature, dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
+    return torch.cat([torch.zeros(ids.shape[0], 1), lp], dim=1)
+
+
+# ------------------------------------------------------------------------------------------ test-process helpers
+def prepare_work(work: str) -> None:
+    """Write the tiny HF model (WORK/hf) and two batches with off-policy old log-probs (WORK/batch{1,2})."""
+    import os
+
+    from safetensors.torch import save_file
+
+    model = tiny_hf_model()
+    model.save_pretrained(os.path.join(work, "hf"))
+    for i in (1, 2):
+        b = make_batch(i)
+        lp = hf_logprobs(model, b["input_ids"])
+        noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(100 + i))
+        # Off-policy old log-probs so that ratios differ from 1 and the clip is exercised.
+        b["old_logprobs"] = (lp + 0.05 * noise) * b["loss_mask"]
+        save_file(b, os.path.join(work, f"batch{i}.safetensors"))
+
+
+def reference_step(work: str):
+    """HF Llama + torch AdamW + the same loss, one step on batch 1: (weights, loss, grad norm, lr)."""
+    import math
+    import os
+
+    from safetensors.torch import load_file
+
+    model = transformers.LlamaForCausalLM.from_pretrained(os.path.join(work, "hf"), dtype=torch.float32)
+    b = load_file(os.path.join(work, "batch1.safetensors"))
+    o = optimizer_kwargs()
+    # Update 1 uses the schedule at step 1: no warmup here, cosine over TOTAL_STEPS.
+    lr = o["lr"] * (o["min_lr_ratio"] + (1 - o["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi / TOTAL_STEPS)))
+    decay = [p for p in model.parameters() if p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.dim() <= 1]  # megatron: no weight decay on norms/biases
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=lr, betas=(o["adam_beta1"], o["adam_beta2"]), eps=o["adam_eps"])
+    loss, _ = make_loss()(logprobs=hf_logprobs_grad(model, b["input_ids"], TEMPERATURE),
+                          old_logprobs=b["old_logprobs"], advantages=b["advantages"], mask=b["loss_mask"])
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
+    opt.step()
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, float(loss.detach()), float(norm), lr)
+
+
+def load(work: str, name: str) -> dict[str, torch.Tensor]:
+    import os
+
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(work, f"{name}.safetensors"))
+
+
+def metrics(work: str, scenario: str) -> dict:
+    import json
+    import os
+
+    with open(os.path.join(work, f"{scenario}_metrics.json")) as f:
+        return json.load(f)
+
+
+# fp32, lr 1e-3: a wrong gradient or optimizer state moves weights by ~lr, 500x more.
+ATOL = 2e-6
+
+
+def assert_same_weights(got: dict, want: dict, atol: float = ATOL) -> None:
+    assert set(got) == set(want)
+    worst = max((got[k].float() - want[k].float()).abs().max().item() for k in want)
+    assert worst <= atol, f"max weight difference {worst:.3g} > {atol}"

@@ -1,0 +1,130 @@
+"""Ranks of a policy test run: ``policy_worker.py SCENARIO WORK_DIR``, WORK_DIR prepared by ``common.prepare_work``.
+
+``tp1`` (1 process): train/resume/accumulation/non-finite cases. ``parallel`` (2 processes): DP=2, then TP=2, then
+PP=2 in the same processes (re-initialising megatron's groups saves two interpreter start-ups). Rank 0 writes
+``<layout>_<name>.safetensors`` (exported HF weights or log-probs) and ``<layout>_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+LAYOUTS = {"tp1": (1, 1), "dp2": (1, 1), "tp2": (2, 1), "pp2": (1, 2)}
+
+
+def run(name: str, work: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from common import TEMPERATURE, TOTAL_STEPS, make_loss, policy_config
+    from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
+    from nemo_igrpo.backends.policy.parallel import initialize_parallel
+    from nemo_igrpo.batch import TrainBatch
+
+    tp, pp = LAYOUTS[name]
+    layout = initialize_parallel(tp, pp, seed=1234)
+    hf_dir = os.path.join(work, "hf")
+    loss_fn = make_loss()
+    batches = [TrainBatch(**load_file(os.path.join(work, f"batch{i}.safetensors"))) for i in (1, 2)]
+    if layout.dp_size > 1:
+        # Contiguous shards of the same global batch: together they are exactly the DP=1 batch.
+        per = batches[0].num_sequences // layout.dp_size
+        batches = [b.select(slice(layout.dp_rank * per, (layout.dp_rank + 1) * per)) for b in batches]
+    metrics: dict = {"layout": str(layout)}
+    rank0 = layout.rank == 0
+
+    def policy(mbs: int) -> MegatronPolicy:
+        return MegatronPolicy.from_hf(policy_config(hf_dir, mbs, tp, pp), layout, TEMPERATURE, TOTAL_STEPS)
+
+    def export(p: MegatronPolicy, tag: str) -> None:
+        weights = {n: t.detach().cpu().clone().contiguous() for n, t in p.export_hf_weights()}
+        if rank0:
+            save_file(weights, os.path.join(work, f"{name}_{tag}.safetensors"))
+
+    def save_tensors(tag: str, **tensors: torch.Tensor) -> None:
+        if rank0:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(work, f"{name}_{tag}.safetensors"))
+
+    if name == "tp1":
+        ckpt = os.path.join(work, "ckpt_tp1_step1")
+        a = policy(8)
+        lp0, ent0 = a.get_logprobs(batches[0].input_ids, return_entropy=True)
+        metrics["step1"] = a.train(batches[0], loss_fn)
+        export(a, "A1")
+        a.save_checkpoint(ckpt)
+        lp1, _ = a.get_logprobs(batches[1].input_ids)
+        save_tensors("logprobs", lp0=lp0, ent0=ent0, lp1=lp1)
+        metrics["step2"] = a.train(batches[1], loss_fn)
+        export(a, "A2")
+
+        b = policy(2)  # gradient accumulation over 4 micro-batches
+        metrics["accum"] = b.train(batches[0], loss_fn)
+        export(b, "B1")
+
+        c = policy(8)  # resume: the next step must be the uninterrupted run's step 2
+        c.load_checkpoint(ckpt)
+        metrics["resumed_num_updates"] = c.num_updates
+        lp1c, _ = c.get_logprobs(batches[1].input_ids)
+        save_tensors("resumed_logprobs", lp1=lp1c)
+        metrics["resumed_step2"] = c.train(batches[1], loss_fn)
+        export(c, "C2")
+
+        d = policy(3)  # non-finite loss: no update, no schedule step, no gradient left over
+        nan_loss = lambda **kw: (lambda r: (r[0] * float("nan"), r[1]))(loss_fn(**kw))  # noqa: E731
+        metrics["nan"] = d.train(batches[0], nan_loss)
+        metrics["nan_num_updates"] = d.num_updates
+        export(d, "D0")
+        metrics["after_nan"] = d.train(batches[0], loss_fn)
+        export(d, "D1")
+    elif name == "dp2":
+        a = policy(2)
+        lp0, _ = a.get_logprobs(batches[0].input_ids)
+        save_tensors("logprobs", lp0=lp0)
+        metrics["step1"] = a.train(batches[0], loss_fn)
+        export(a, "A1")
+        # A TP=1 checkpoint (with DP=2: its optimizer state is per DP replica) for the TP=2 run to load.
+        a.save_checkpoint(os.path.join(work, "ckpt_dp2_step1"))
+        lp1, _ = a.get_logprobs(batches[1].input_ids)
+        save_tensors("logprobs1", lp1=lp1)
+        metrics["step2"] = a.train(batches[1], loss_fn)
+        export(a, "A2")
+    elif name == "tp2":
+        a = policy(4)
+        lp0, ent0 = a.get_logprobs(batches[0].input_ids, return_entropy=True)
+        metrics["step1"] = a.train(batches[0], loss_fn)
+        export(a, "A1")
+        c = policy(8)  # load the TP=1 checkpoint at TP=2, optimizer state included
+        c.load_checkpoint(os.path.join(work, "ckpt_dp2_step1"))
+        lp1c, _ = c.get_logprobs(batches[1].input_ids)
+        save_tensors("logprobs", lp0=lp0, ent0=ent0, lp1_resumed=lp1c)
+        metrics["resumed_step2"] = c.train(batches[1], loss_fn)
+        export(c, "C2")
+    elif name == "pp2":
+        a = policy(3)  # 3 micro-batches of 3, 3, 2 rows: the 1F1B schedule with a ragged last one
+        lp0, ent0 = a.get_logprobs(batches[0].input_ids, return_entropy=True)
+        save_tensors("logprobs", lp0=lp0, ent0=ent0)
+        metrics["step1"] = a.train(batches[0], loss_fn)
+        export(a, "A1")
+    if rank0:
+        with open(os.path.join(work, f"{name}_metrics.json"), "w") as f:
+            json.dump(metrics, f)
+
+
+def main(scenario: str, work: str) -> None:
+    import gc
+
+    from nemo_igrpo.backends.policy.parallel import destroy_parallel
+
+    for name in (["dp2", "tp2", "pp2"] if scenario == "parallel" else [scenario]):
+        run(name, work)
+        gc.collect()  # the previous layout's DDP hooks must not outlive its process groups
+    destroy_parallel()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
