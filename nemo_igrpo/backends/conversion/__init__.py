@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-# model_type -> module under nemo_igrpo.backends.conversion; Nemotron-H ("nemotron_h") will be added here.
+# model_type -> module under nemo_igrpo.backends.conversion.
 _MAPPINGS = {
     "llama": "llama",
     "qwen2": "llama",
+    "nemotron_h": "nemotron_h",
 }
 
 

@@ -1,0 +1,400 @@
+"""The name/layout mapping for Nemotron-H (hybrid Mamba-2 / attention / MLP): HF <-> megatron-core ``MambaModel``.
+
+HF side: ``NemotronHForCausalLM``. Checkpoint files (and the Hub) use the ``backbone.`` prefix; transformers 5 renames
+it to ``model.`` in memory. ``hf_to_megatron`` accepts either; ``megatron_to_hf`` writes ``backbone.`` (the on-disk
+name) unless told otherwise. The layer kinds come from ``hybrid_override_pattern`` (``M`` Mamba-2, ``*`` attention,
+``-`` MLP; ``E`` MoE is not supported), which transformers 5 derives from ``layers_block_type``.
+
+Megatron side: ``MambaModel``/``MambaStack`` (megatron/core/models/mamba, megatron/core/ssm). Per layer ``i``:
+
+=====================  ============================================  ==============================================
+HF (backbone.layers.i)  Megatron (decoder.layers.i)                   note
+=====================  ============================================  ==============================================
+norm.weight  (M)        mixer.in_proj.layer_norm_weight (TE) /        pre-norm; fused into in_proj in the TE spec
+                        norm.weight (local)
+mixer.in_proj.weight    mixer.in_proj.weight                          same row order [z, x, B, C, dt] on both sides
+mixer.conv1d.*          mixer.conv1d.*                                same channel order [x, B, C]
+mixer.{A_log,D,dt_bias} mixer.{A_log,D,dt_bias}
+mixer.norm.weight       mixer.norm.weight                             gated RMSNorm (group size d_inner/ngroups)
+mixer.out_proj.weight   mixer.out_proj.weight
+norm.weight  (*)        self_attention.linear_qkv.layer_norm_weight   / input_layernorm.weight (local)
+mixer.{q,k,v}_proj      self_attention.linear_qkv.weight              per-query-group interleaved, as for Llama
+mixer.o_proj            self_attention.linear_proj.weight
+norm.weight  (-)        mlp.linear_fc1.layer_norm_weight              / pre_mlp_layernorm.weight (local)
+mixer.up_proj           mlp.linear_fc1.weight                         not gated: squared ReLU
+mixer.down_proj         mlp.linear_fc2.weight
+=====================  ============================================  ==============================================
+
+plus ``backbone.embeddings`` <-> ``embedding.word_embeddings``, ``backbone.norm_f`` <-> ``decoder.final_norm``,
+``lm_head`` <-> ``output_layer`` (Nemotron-H never ties them). The in_proj/conv1d orders were checked in both sources:
+HF splits ``in_proj`` output as [gate=z (d_inner), xBC (conv_dim), dt (nheads)] and the conv output as [x, B, C];
+megatron builds in_proj with out features ``d_inner*2 + 2*ngroups*d_state + nheads  # z x B C dt`` and splits its
+checkpoint into ``z, x, B, C, dt`` (conv1d into ``x, B, C``). Every tensor is therefore copied, except q/k/v.
+
+On disk (``dist_checkpointing``) megatron stores every tensor of a Mamba layer under its own key (layers are not
+stacked, unlike GPTModel), with TE names whatever spec wrote them, and ``mixer.in_proj.weight`` / ``mixer.conv1d.*``
+split into per-part keys (``...in_proj.weight.z`` ...) so that TP resharding keeps each part contiguous.
+``to_checkpoint_tensors``/``from_checkpoint_tensors`` convert between that layout and the full state dict here.
+
+Pure torch here; the megatron model builder (``build_mamba_model``) imports megatron lazily and needs the
+mamba-ssm/causal-conv1d kernels (GPU).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from nemo_igrpo.backends.conversion.llama import fuse_qkv, split_qkv
+
+MAMBA, ATTENTION, MLP, MOE = "M", "*", "-", "E"
+_SKIP_SUFFIX = "._extra_state"
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+_HF_LAYER = re.compile(r"^(?:backbone|model)\.layers\.(\d+)\.(.+)$")
+
+# Megatron's gated RMSNorm in MambaMixer has eps hard-coded to 1e-5; HF uses layer_norm_epsilon for it.
+MEGATRON_MAMBA_NORM_EPS = 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------------ config
+def layer_pattern(hf_config) -> str:
+    """The hybrid pattern string (one symbol per layer) from either config spelling."""
+    pattern = getattr(hf_config, "hybrid_override_pattern", None)
+    if not pattern:
+        kinds = getattr(hf_config, "layers_block_type", None) or getattr(hf_config, "layer_types", None)
+        if not kinds:
+            raise ValueError("Nemotron-H config has neither hybrid_override_pattern nor layers_block_type")
+        symbol = {"mamba": MAMBA, "linear_attention": MAMBA, "attention": ATTENTION, "full_attention": ATTENTION,
+                  "mlp": MLP, "moe": MOE}
+        unknown = sorted({k for k in kinds if k not in symbol})
+        if unknown:
+            raise ValueError(f"unknown Nemotron-H layer types {unknown}")
+        pattern = "".join(symbol[k] for k in kinds)
+    return str(pattern)
+
+
+def mamba_dims(hf_config) -> dict[str, int]:
+    """Mamba-2 sizes: heads, head dim, d_inner, groups, state size, conv kernel (HF attribute names resolved)."""
+    nheads = int(hf_config.mamba_num_heads)
+    headdim = int(hf_config.mamba_head_dim)
+    return {
+        "nheads": nheads,
+        "headdim": headdim,
+        "d_inner": nheads * headdim,
+        "ngroups": int(hf_config.n_groups),
+        "d_state": int(hf_config.ssm_state_size),
+        "d_conv": int(hf_config.conv_kernel),
+    }
+
+
+def check_supported(hf_config) -> None:
+    """ValueError for Nemotron-H variants that megatron's MambaModel cannot express or this mapping does not cover."""
+    pattern = layer_pattern(hf_config)
+    bad = sorted(set(pattern) - {MAMBA, ATTENTION, MLP})
+    if bad:
+        raise ValueError(f"hybrid_override_pattern {pattern!r} has layer kinds {bad} that are not supported "
+                         f"(supported: 'M' Mamba-2, '*' attention, '-' MLP; MoE 'E' is not)")
+    problems = []
+    if getattr(hf_config, "use_bias", False) or getattr(hf_config, "mamba_proj_bias", False):
+        problems.append("Mamba in/out projection bias (megatron's MambaMixer asserts bias=False)")
+    if not getattr(hf_config, "use_conv_bias", True):
+        problems.append("use_conv_bias=False (megatron's MambaMixer checkpoint layout needs the conv1d bias)")
+    if getattr(hf_config, "attention_bias", False):
+        problems.append("attention_bias=True")
+    if getattr(hf_config, "mlp_bias", False):
+        problems.append("mlp_bias=True")
+    if getattr(hf_config, "mlp_hidden_act", "relu2") != "relu2":
+        problems.append(f"mlp_hidden_act={hf_config.mlp_hidden_act!r} (only relu2, squared ReLU)")
+    if getattr(hf_config, "mamba_hidden_act", "silu") != "silu":
+        problems.append(f"mamba_hidden_act={hf_config.mamba_hidden_act!r} (only silu)")
+    if int(getattr(hf_config, "num_nextn_predict_layers", 0) or 0) > 0:
+        problems.append("multi-token-prediction layers (num_nextn_predict_layers > 0)")
+    if problems:
+        raise ValueError("Nemotron-H variant not supported: " + "; ".join(problems))
+
+
+def validate_parallel(hf_config, tp: int, pp: int) -> None:
+    """ValueError unless the model splits over ``tp`` x ``pp`` the way megatron requires (checked before writing)."""
+    d = mamba_dims(hf_config)
+    n_layers = len(layer_pattern(hf_config))
+    checks = [
+        ("vocab_size", int(hf_config.vocab_size), tp),
+        ("num_attention_heads", int(hf_config.num_attention_heads), tp),
+        ("num_key_value_heads", int(getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads), tp),
+        ("mamba_num_heads", d["nheads"], tp),
+        ("n_groups", d["ngroups"], tp),
+        ("intermediate_size", int(hf_config.intermediate_size), tp),
+        ("number of layers", n_layers, pp),
+    ]
+    for name, value, size in checks:
+        if value % size:
+            what = "pipeline_model_parallel_size" if name == "number of layers" else "tensor_model_parallel_size"
+            raise ValueError(f"{name}={value} is not divisible by {what}={size}")
+
+
+# ----------------------------------------------------------------------------------------------------------- mapping
+def _norm_names(transformer_engine: bool) -> dict[str, str]:
+    if transformer_engine:
+        return {MAMBA: "mixer.in_proj.layer_norm_weight", ATTENTION: "self_attention.linear_qkv.layer_norm_weight",
+                MLP: "mlp.linear_fc1.layer_norm_weight"}
+    return {MAMBA: "norm.weight", ATTENTION: "input_layernorm.weight", MLP: "pre_mlp_layernorm.weight"}
+
+
+# Mamba mixer tensors whose names are the same on both sides (under ``mixer.``).
+_MAMBA_SAME = ("in_proj.weight", "conv1d.weight", "conv1d.bias", "A_log", "D", "dt_bias", "norm.weight",
+               "out_proj.weight")
+
+
+def _strip_prefix(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF names with the ``backbone.``/``model.`` prefix normalised to ``backbone.``."""
+    out = {}
+    for name, t in hf_sd.items():
+        if name.startswith("model."):
+            name = "backbone." + name[len("model."):]
+        out[name] = t
+    return out
+
+
+def hf_to_megatron(hf_sd: dict[str, torch.Tensor], hf_config, transformer_engine: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """HF Nemotron-H state dict -> full (TP=1, global layer index) megatron MambaModel state dict.
+
+    ``transformer_engine`` picks the norm names (fused into the following linear in the TE spec, which is the only
+    Mamba spec megatron-core ships and the names its checkpoints use). KeyError names a missing HF tensor;
+    ValueError lists HF tensors that were not mapped.
+    """
+    check_supported(hf_config)
+    sd = _strip_prefix(hf_sd)
+    out: dict[str, torch.Tensor] = {}
+
+    def take(name: str) -> torch.Tensor:
+        if name not in sd:
+            raise KeyError(f"HF state dict has no {name!r} (model_type=nemotron_h)")
+        return sd.pop(name)
+
+    out["embedding.word_embeddings.weight"] = take("backbone.embeddings.weight")
+    out["decoder.final_norm.weight"] = take("backbone.norm_f.weight")
+    out["output_layer.weight"] = take("lm_head.weight")
+    norms = _norm_names(transformer_engine)
+    for i, kind in enumerate(layer_pattern(hf_config)):
+        h, m = f"backbone.layers.{i}.", f"decoder.layers.{i}."
+        out[m + norms[kind]] = take(h + "norm.weight")
+        if kind == MAMBA:
+            for name in _MAMBA_SAME:
+                out[m + "mixer." + name] = take(h + "mixer." + name)
+        elif kind == ATTENTION:
+            out[m + "self_attention.linear_qkv.weight"] = fuse_qkv(
+                take(h + "mixer.q_proj.weight"), take(h + "mixer.k_proj.weight"), take(h + "mixer.v_proj.weight"),
+                hf_config)
+            out[m + "self_attention.linear_proj.weight"] = take(h + "mixer.o_proj.weight")
+        else:
+            out[m + "mlp.linear_fc1.weight"] = take(h + "mixer.up_proj.weight")
+            out[m + "mlp.linear_fc2.weight"] = take(h + "mixer.down_proj.weight")
+    if sd:
+        raise ValueError(f"HF tensors not mapped to Megatron (unsupported variant?): {sorted(sd)[:10]}")
+    return out
+
+
+def megatron_to_hf(mg_sd: dict[str, torch.Tensor], hf_config, hf_prefix: str = "backbone."
+                   ) -> dict[str, torch.Tensor]:
+    """Full megatron MambaModel state dict (local or TE names) -> HF Nemotron-H state dict.
+
+    ``hf_prefix`` is ``backbone.`` for files (what transformers reads and writes on disk) or ``model.`` for
+    ``load_state_dict`` into an in-memory transformers 5 module. Works on any subset of tensors (the refit path
+    streams one at a time). ValueError lists Megatron tensors with no HF name.
+    """
+    pattern = layer_pattern(hf_config)
+    norm_of = {v: k for te in (True, False) for k, v in _norm_names(te).items()}
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for name, t in mg_sd.items():
+        if name.endswith(_SKIP_SUFFIX) or t is None:
+            continue
+        if name == "embedding.word_embeddings.weight":
+            out[hf_prefix + "embeddings.weight"] = t
+        elif name == "decoder.final_norm.weight":
+            out[hf_prefix + "norm_f.weight"] = t
+        elif name == "output_layer.weight":
+            out["lm_head.weight"] = t
+        elif (match := _LAYER.match(name)) is not None and int(match.group(1)) < len(pattern):
+            i, rest = int(match.group(1)), match.group(2)
+            kind, h = pattern[i], f"{hf_prefix}layers.{i}."
+            if norm_of.get(rest) == kind:
+                out[h + "norm.weight"] = t
+            elif kind == MAMBA and rest.startswith("mixer.") and rest[len("mixer."):] in _MAMBA_SAME:
+                out[h + rest] = t
+            elif kind == ATTENTION and rest == "self_attention.linear_qkv.weight":
+                q, k, v = split_qkv(t, hf_config)
+                out[h + "mixer.q_proj.weight"], out[h + "mixer.k_proj.weight"], out[h + "mixer.v_proj.weight"] = q, k, v
+            elif kind == ATTENTION and rest == "self_attention.linear_proj.weight":
+                out[h + "mixer.o_proj.weight"] = t
+            elif kind == MLP and rest == "mlp.linear_fc1.weight":
+                out[h + "mixer.up_proj.weight"] = t
+            elif kind == MLP and rest == "mlp.linear_fc2.weight":
+                out[h + "mixer.down_proj.weight"] = t
+            else:
+                unknown.append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(f"Megatron tensors with no HF name for pattern {pattern!r}: {sorted(unknown)[:10]}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- dist_checkpointing keys
+def _splits(hf_config) -> dict[str, list[tuple[str, int]]]:
+    """Megatron's per-part checkpoint split (MambaMixer.sharded_state_dict) at TP=1: suffix -> (part, rows)."""
+    d = mamba_dims(hf_config)
+    bc = d["ngroups"] * d["d_state"]
+    conv = [("x", d["d_inner"]), ("B", bc), ("C", bc)]
+    return {
+        "mixer.in_proj.weight": [("z", d["d_inner"]), ("x", d["d_inner"]), ("B", bc), ("C", bc), ("dt", d["nheads"])],
+        "mixer.conv1d.weight": conv,
+        "mixer.conv1d.bias": conv,
+    }
+
+
+def to_checkpoint_tensors(full_sd: dict[str, torch.Tensor], hf_config) -> dict[str, torch.Tensor]:
+    """Full TE-named state dict -> {dist_checkpointing key: full tensor}, with in_proj/conv1d split into parts.
+
+    The keys are those megatron's ``MambaModel.sharded_state_dict`` produces (TE spec); tensors are row slices
+    (views) of the input. Local-spec norm names are renamed to the TE ones, as megatron's spec key maps do.
+    """
+    splits = _splits(hf_config)
+    local_to_te = dict(zip(_norm_names(False).values(), _norm_names(True).values()))
+    out = {}
+    for name, t in full_sd.items():
+        match = _LAYER.match(name)
+        rest = match.group(2) if match else None
+        if rest in local_to_te:
+            name = f"decoder.layers.{match.group(1)}.{local_to_te[rest]}"
+        elif rest in splits:
+            parts = splits[rest]
+            if t.shape[0] != sum(n for _, n in parts):
+                raise ValueError(f"{name}: {t.shape[0]} rows, expected {sum(n for _, n in parts)} "
+                                 f"({'+'.join(p for p, _ in parts)})")
+            for (part, _), piece in zip(parts, torch.split(t, [n for _, n in parts], dim=0)):
+                out[f"{name}.{part}"] = piece
+            continue
+        out[name] = t
+    return out
+
+
+def from_checkpoint_tensors(ckpt: dict[str, torch.Tensor], hf_config) -> dict[str, torch.Tensor]:
+    """Inverse of ``to_checkpoint_tensors``: merge the per-part keys back into full in_proj/conv1d tensors."""
+    splits = _splits(hf_config)
+    out = dict(ckpt)
+    for name in list(ckpt):
+        match = _LAYER.match(name)
+        if match is None:
+            continue
+        for suffix, parts in splits.items():
+            if match.group(2) == f"{suffix}.{parts[0][0]}":
+                base = name[: -len(parts[0][0]) - 1]
+                keys = [f"{base}.{p}" for p, _ in parts]
+                missing = [k for k in keys if k not in out]
+                if missing:
+                    raise KeyError(f"checkpoint has {name!r} but not {missing}")
+                out[base] = torch.cat([out.pop(k) for k in keys], dim=0)
+    return out
+
+
+def extra_state_keys(hf_config) -> list[str]:
+    """Checkpoint keys of the (empty) ``_extra_state`` objects megatron's modules save: the linears of both specs,
+    plus the TE-only ones (core attention, final norm). A superset is harmless: dist_checkpointing ignores keys the
+    loading model does not ask for, while a key it asks for and cannot find is an error."""
+    per_kind = {
+        MAMBA: ("mixer.in_proj", "mixer.out_proj"),
+        ATTENTION: ("self_attention.linear_qkv", "self_attention.linear_proj", "self_attention.core_attention"),
+        MLP: ("mlp.linear_fc1", "mlp.linear_fc2"),
+    }
+    keys = [f"decoder.layers.{i}.{module}._extra_state"
+            for i, kind in enumerate(layer_pattern(hf_config)) for module in per_kind[kind]]
+    return keys + ["decoder.final_norm._extra_state", "output_layer._extra_state"]
+
+
+# ---------------------------------------------------------------------------------------------- megatron model (GPU)
+def mamba_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1, **overrides):
+    """``(TransformerConfig, model kwargs)`` for megatron's ``MambaModel`` equal in maths to the HF model.
+
+    Raises ValueError for unsupported variants and sizes that do not split over ``tp``/``pp``, and when the HF
+    gated-norm eps differs from megatron's hard-coded 1e-5 (logits would differ silently).
+    """
+    from megatron.core.transformer import TransformerConfig
+
+    check_supported(hf_config)
+    validate_parallel(hf_config, tp, pp)
+    eps = float(getattr(hf_config, "layer_norm_epsilon", 1e-5))
+    if eps != MEGATRON_MAMBA_NORM_EPS:
+        raise ValueError(f"layer_norm_epsilon={eps}: megatron's Mamba gated RMSNorm uses eps=1e-5 (hard-coded)")
+    d = mamba_dims(hf_config)
+    pattern = layer_pattern(hf_config)
+
+    def squared_relu(x):
+        return torch.pow(torch.nn.functional.relu(x), 2)
+
+    kwargs = dict(
+        num_layers=len(pattern),
+        hidden_size=int(hf_config.hidden_size),
+        ffn_hidden_size=int(hf_config.intermediate_size),
+        num_attention_heads=int(hf_config.num_attention_heads),
+        num_query_groups=int(getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads),
+        kv_channels=int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads),
+        mamba_state_dim=d["d_state"],
+        mamba_head_dim=d["headdim"],
+        mamba_num_groups=d["ngroups"],
+        mamba_num_heads=d["nheads"],
+        normalization="RMSNorm",
+        layernorm_epsilon=eps,
+        gated_linear_unit=False,
+        activation_func=squared_relu,
+        add_bias_linear=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        attention_softmax_in_fp32=True,
+        apply_query_key_layer_scaling=False,
+        bias_activation_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        sequence_parallel=False,
+    )
+    kwargs.update(overrides)
+    model_kwargs = dict(
+        vocab_size=int(hf_config.vocab_size),
+        max_sequence_length=int(getattr(hf_config, "max_position_embeddings", 4096)),
+        hybrid_override_pattern=pattern,
+        position_embedding_type="none",  # Nemotron-H attention has no positional encoding
+        share_embeddings_and_output_weights=False,
+    )
+    return TransformerConfig(**kwargs), model_kwargs
+
+
+def build_mamba_model(hf_config, dtype: torch.dtype, **config_overrides) -> list[torch.nn.Module]:
+    """Megatron ``MambaModel`` (TE spec) for this rank's TP/PP position. GPU only: megatron's MambaMixer needs the
+    mamba-ssm and causal-conv1d kernels and its only layer spec is Transformer Engine's."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("building megatron's MambaModel needs CUDA (mamba-ssm, causal-conv1d, Transformer Engine)")
+    from megatron.core import parallel_state
+    from megatron.core.models.mamba import MambaModel
+    from megatron.core.models.mamba.mamba_layer_specs import mamba_stack_spec
+
+    config, model_kwargs = mamba_config_from_hf(
+        hf_config, dtype, tp=parallel_state.get_tensor_model_parallel_world_size(),
+        pp=parallel_state.get_pipeline_model_parallel_world_size(), **config_overrides)
+    model = MambaModel(
+        config=config,
+        mamba_stack_spec=mamba_stack_spec,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=True,
+        **model_kwargs,
+    )
+    model.cuda(torch.cuda.current_device())
+    return [model]
