@@ -222,7 +222,8 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: b
         raise ConversionError(str(err)) from err
     check_hf_tensors(hf_sd, hf_config, f"HF checkpoint {hf_dir!r}")
     dtypes = {t.dtype for t in hf_sd.values() if t.is_floating_point()}
-    dtype = hf_sd[next(k for k in hf_sd if k.endswith("embed_tokens.weight") or k.endswith("embeddings.weight"))].dtype
+    # The embedding's dtype names the checkpoint's dtype (Nemotron-H may keep A_log/D in fp32 next to bf16).
+    dtype = next(t.dtype for k, t in hf_sd.items() if k.endswith(("embed_tokens.weight", "embeddings.weight")))
 
     _init_single_process(seed)
     try:
@@ -384,8 +385,14 @@ def megatron_to_hf(megatron_dir: str, hf_config_dir: str, out: str, dtype: str |
     torch_dtype = _DTYPES[dtype] if dtype else None
     if torch_dtype is not None:
         hf_config.dtype = torch_dtype
-    save_hf_checkpoint(final, hf_config, sorted(hf_sd.items()),
-                       tokenizer=_SideFiles(Path(hf_config_dir), copy_config=torch_dtype is None), dtype=torch_dtype)
+    try:
+        # save_hf_checkpoint writes OUT.partial and renames it to OUT only when complete.
+        save_hf_checkpoint(final, hf_config, sorted(hf_sd.items()),
+                           tokenizer=_SideFiles(Path(hf_config_dir), copy_config=torch_dtype is None),
+                           dtype=torch_dtype)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return final
 
 
