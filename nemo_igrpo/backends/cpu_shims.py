@@ -138,6 +138,8 @@ class CudaToCpuMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if func is torch.Tensor.backward or func is torch.autograd.backward:
+            return self._backward(*args, **kwargs)
         if func is torch.Tensor.cuda:
             return args[0]
         if "device" in kwargs and _is_cuda_device(kwargs["device"]):
@@ -149,6 +151,30 @@ class CudaToCpuMode(TorchFunctionMode):
             kwargs["pin_memory"] = False
         return func(*args, **kwargs)
 
+    def _backward(self, tensors, gradient=None, retain_graph=None, create_graph=False, inputs=None,
+                  grad_tensors=None):
+        # torch pops a mode while its handler runs, so forwarding backward() as is would run the whole backward
+        # pass (including megatron's activation recompute, which builds causal masks) without the rewrite. Run the
+        # engine directly, as megatron's own custom_backward does, with the mode pushed again.
+        tensors = (tensors,) if isinstance(tensors, torch.Tensor) else tuple(tensors)
+        grads = gradient if gradient is not None else grad_tensors
+        grads = (grads,) if grads is None or isinstance(grads, torch.Tensor) else tuple(grads)
+        if len(grads) == 1 and len(tensors) > 1:
+            grads = grads * len(tensors)
+        made = []
+        for t, g in zip(tensors, grads):
+            if g is None:
+                if t.numel() != 1:
+                    raise RuntimeError("grad can be implicitly created only for scalar outputs")
+                g = torch.ones_like(t, memory_format=torch.preserve_format)
+            made.append(g)
+        if inputs is not None:
+            inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+        with self:
+            torch.autograd.Variable._execution_engine.run_backward(
+                tensors, tuple(made), create_graph if retain_graph is None else retain_graph, create_graph,
+                inputs or (), allow_unreachable=True, accumulate_grad=True)
+
 
 def patch_cuda_factories() -> Callable[[], None]:
     """A ``TorchFunctionMode`` that sends ``device="cuda"`` factory calls to the CPU.
@@ -156,7 +182,9 @@ def patch_cuda_factories() -> Callable[[], None]:
     Needed by: the default causal mask (``transformer.utils.get_default_causal_mask``, built by the local-spec
     attention's softmax when no mask is passed), the token counters in ``pipeline_parallel.schedules.forward_backward_*`` and the optimizer's
     ``found_inf``/grad-norm buffers (``optimizer.optimizer``, ``optimizer.clip_grads``).
-    The mode stays on the mode stack of the thread that applied it (the training thread).
+    The mode stays on the mode stack of the thread that applied it (the training thread). ``Tensor.backward`` and
+    ``torch.autograd.backward`` keep it active during the backward pass (activation recompute needs it);
+    ``torch.autograd.grad`` does not. Every torch call pays a small Python dispatch cost while it is active.
     """
     mode = CudaToCpuMode()
     mode.__enter__()

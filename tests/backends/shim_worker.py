@@ -12,14 +12,14 @@ from datetime import timedelta
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
-def _tiny_model():
+def _tiny_model(**overrides):
     import transformers
 
     from nemo_igrpo.backends.policy.model import build_gpt_model
 
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return build_gpt_model(config, __import__("torch").float32)
+    return build_gpt_model(config, __import__("torch").float32, **overrides)
 
 
 def _run(op: str, pp: int) -> None:
@@ -32,10 +32,12 @@ def _run(op: str, pp: int) -> None:
     tensor_parallel.model_parallel_cuda_manual_seed(1)
     if op == "seed":
         return
-    chunks = _tiny_model()
+    recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    chunks = _tiny_model(**(recompute if op == "recompute" else {}))
     ids = torch.randint(0, 128, (2, 8))
     pos = torch.arange(8).expand_as(ids)
-    if op == "forward":
+    if op in ("forward", "recompute"):
+        # Tensor.backward on purpose: the backward pass (recompute) must still see the shims.
         chunks[0](ids, pos, None).sum().backward()
         return
     assert op == "pp_forward"

@@ -28,7 +28,7 @@ def _results(skip: str, op: str, pp: int, tmp_path) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(pp)]
 
 
-@pytest.mark.parametrize("op,pp", [("forward", 1), ("pp_forward", 2)])
+@pytest.mark.parametrize("op,pp", [("forward", 1), ("recompute", 1), ("pp_forward", 2)])
 def test_all_shims_work(op, pp, tmp_path):
     for res in _results("", op, pp, tmp_path):
         assert res["ok"], res
