@@ -38,8 +38,18 @@ def run(name: str, work: str) -> None:
     metrics: dict = {"layout": str(layout)}
     rank0 = layout.rank == 0
 
-    def policy(mbs: int) -> MegatronPolicy:
-        return MegatronPolicy.from_hf(policy_config(hf_dir, mbs, tp, pp), layout, TEMPERATURE, TOTAL_STEPS)
+    def policy(mbs: int, **overrides) -> MegatronPolicy:
+        cfg = policy_config(hf_dir, mbs, tp, pp)
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        return MegatronPolicy.from_hf(cfg, layout, TEMPERATURE, TOTAL_STEPS)
+
+    def draws() -> list[float]:
+        import random
+
+        import numpy as np
+
+        return [*torch.rand(2).tolist(), float(np.random.rand()), random.random()]
 
     def export(p: MegatronPolicy, tag: str) -> None:
         weights = {n: t.detach().cpu().clone().contiguous() for n, t in p.export_hf_weights()}
@@ -57,6 +67,7 @@ def run(name: str, work: str) -> None:
         metrics["step1"] = a.train(batches[0], loss_fn)
         export(a, "A1")
         a.save_checkpoint(ckpt)
+        metrics["draws_after_save"] = draws()
         lp1, _ = a.get_logprobs(batches[1].input_ids)
         save_tensors("logprobs", lp0=lp0, ent0=ent0, lp1=lp1)
         metrics["step2"] = a.train(batches[1], loss_fn)
@@ -68,6 +79,7 @@ def run(name: str, work: str) -> None:
 
         c = policy(8)  # resume: the next step must be the uninterrupted run's step 2
         c.load_checkpoint(ckpt)
+        metrics["draws_after_load"] = draws()
         metrics["resumed_num_updates"] = c.num_updates
         lp1c, _ = c.get_logprobs(batches[1].input_ids)
         save_tensors("resumed_logprobs", lp1=lp1c)
@@ -81,6 +93,14 @@ def run(name: str, work: str) -> None:
         export(d, "D0")
         metrics["after_nan"] = d.train(batches[0], loss_fn)
         export(d, "D1")
+
+        # Activation recompute changes nothing numerically; a checkpoint saved before any update (no optimizer
+        # state yet) loads back.
+        e = policy(8, activation_checkpointing=True)
+        e.save_checkpoint(os.path.join(work, "ckpt_tp1_step0"))
+        e.load_checkpoint(os.path.join(work, "ckpt_tp1_step0"))
+        metrics["recompute"] = e.train(batches[0], loss_fn)
+        export(e, "E1")
     elif name == "dp2":
         a = policy(2)
         lp0, _ = a.get_logprobs(batches[0].input_ids)

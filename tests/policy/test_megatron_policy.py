@@ -51,6 +51,12 @@ def test_gradient_accumulation_matches_one_micro_batch(work):
     assert_same_weights(load(work, "tp1_B1"), load(work, "tp1_A1"))
 
 
+def test_activation_recompute_and_checkpoint_without_optimizer_state(work):
+    m = metrics(work, "tp1")
+    assert m["recompute"]["loss"] == pytest.approx(m["step1"]["loss"], rel=1e-6)
+    assert_same_weights(load(work, "tp1_E1"), load(work, "tp1_A1"))
+
+
 def test_non_finite_loss_skips_the_update(work):
     m = metrics(work, "tp1")
     assert m["nan"]["skipped"] == 1.0 and m["nan_num_updates"] == 0
@@ -63,6 +69,7 @@ def test_non_finite_loss_skips_the_update(work):
 def test_resume_restores_optimizer_and_schedule(work):
     m = metrics(work, "tp1")
     assert m["resumed_num_updates"] == 1
+    assert m["draws_after_load"] == m["draws_after_save"]  # torch, numpy and Python RNG states
     torch.testing.assert_close(load(work, "tp1_resumed_logprobs")["lp1"], load(work, "tp1_logprobs")["lp1"],
                                atol=0, rtol=0)
     assert m["resumed_step2"]["lr"] == m["step2"]["lr"] < m["step1"]["lr"]

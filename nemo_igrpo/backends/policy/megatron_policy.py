@@ -243,8 +243,14 @@ class MegatronPolicy(PolicyInterface):
     def _forward(self, model, input_ids: torch.Tensor) -> torch.Tensor:
         b, s = input_ids.shape
         position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
-        # attention_mask=None: causal attention (right padding is invisible to real tokens).
-        return model(input_ids, position_ids, None)
+        # Causal attention only: right padding is invisible to real tokens. On GPU, None selects the fused causal
+        # kernels. On CPU the mask is explicit because megatron's default one is built with device="cuda", and
+        # activation recompute re-runs the forward inside autograd's backward, where the CPU shims' device
+        # rewrite is not active.
+        mask = None
+        if not self.on_gpu:
+            mask = torch.triu(torch.ones(s, s, dtype=torch.bool, device=input_ids.device), diagonal=1)[None, None]
+        return model(input_ids, position_ids, mask)
 
     # -------------------------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
@@ -304,6 +310,9 @@ class MegatronPolicy(PolicyInterface):
         self.optimizer.zero_grad()
 
         s, l = batch.input_ids.shape
+        if s == 0:
+            # An empty rank would skip the schedule and with it the gradient all-reduce the others wait in.
+            raise ValueError("MegatronPolicy.train: this data-parallel rank got an empty batch; every rank needs rows")
         slices = self._micro_batches(s, self.cfg.micro_batch_size)
         counts = torch.tensor([float(s), float(batch.loss_mask.sum())], dtype=torch.float64, device=self.device)
         if self.layout.dp_size > 1:
@@ -330,7 +339,7 @@ class MegatronPolicy(PolicyInterface):
             mb = next(data_iterator)
             return self._forward(model, mb["input_ids"]), partial(loss_func, mb)
 
-        outs = self._run(forward_step, data, seq_length=l, forward_only=False) if data else []
+        outs = self._run(forward_step, data, seq_length=l, forward_only=False)
         metrics = self._reduce_train_metrics(outs)
 
         grad_norm = self._grad_norm()
