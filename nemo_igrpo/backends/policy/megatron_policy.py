@@ -244,9 +244,9 @@ class MegatronPolicy(PolicyInterface):
         b, s = input_ids.shape
         position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
         # Causal attention only: right padding is invisible to real tokens. On GPU, None selects the fused causal
-        # kernels. On CPU the mask is explicit because megatron's default one is built with device="cuda", and
-        # activation recompute re-runs the forward inside autograd's backward, where the CPU shims' device
-        # rewrite is not active.
+        # kernels. On CPU the mask is explicit: megatron's default one is built with device="cuda", and activation
+        # recompute builds it again inside autograd's backward, where only the shims' backward interception would
+        # keep the device rewrite alive.
         mask = None
         if not self.on_gpu:
             mask = torch.triu(torch.ones(s, s, dtype=torch.bool, device=input_ids.device), diagonal=1)[None, None]
