@@ -168,6 +168,7 @@ def check_hf_tensors(hf_sd: dict[str, torch.Tensor], hf_config, what: str) -> No
         model = transformers.AutoModelForCausalLM.from_config(hf_config)
     expected = {_strip(k): tuple(v.shape) for k, v in model.state_dict().items()}
     got = {_strip(k): tuple(v.shape) for k, v in hf_sd.items()}
+    original = {_strip(k): k for k in hf_sd}  # report names as the checkpoint spells them
     if getattr(hf_config, "tie_word_embeddings", False):
         expected.pop("lm_head.weight", None)
         got.pop("lm_head.weight", None)
@@ -178,9 +179,10 @@ def check_hf_tensors(hf_sd: dict[str, torch.Tensor], hf_config, what: str) -> No
     if missing:
         problems.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
     if extra:
-        problems.append(f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}")
+        problems.append(f"unexpected {[original[k] for k in extra[:5]]}{' ...' if len(extra) > 5 else ''}")
     if wrong:
-        problems.append("wrong shapes " + ", ".join(f"{k}: {got[k]} (config says {expected[k]})" for k in wrong[:5]))
+        problems.append("wrong shapes " + ", ".join(f"{original[k]}: {got[k]} (config says {expected[k]})"
+                                                    for k in wrong[:5]))
     if problems:
         raise ConversionError(f"{what} does not match its config ({hf_config.model_type}): " + "; ".join(problems))
 
@@ -211,7 +213,7 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: b
     The tensors keep the HF checkpoint's dtype (so the round trip is bit-exact); choose the training dtype when
     loading.
     """
-    from nemo_igrpo.backends.policy.weights import read_hf_checkpoint
+    from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
 
     hf_config = _read_hf_config(hf_dir, trust_remote_code)
     validate_parallel(hf_config, tp, pp)
