@@ -66,7 +66,7 @@ class Trainer:
 
         from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
         from nemo_igrpo.backends.policy.parallel import initialize_parallel
-        from nemo_igrpo.backends.policy.weights import read_hf_checkpoint
+        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
 
         self.cfg = cfg
         if not cfg.policy.model_path:

@@ -91,7 +91,7 @@ def test_transformer_config_checks():
 
 
 def test_read_hf_checkpoint_safetensors_only(tmp_path):
-    from nemo_igrpo.backends.policy.weights import read_hf_checkpoint, save_hf_checkpoint
+    from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint, save_hf_checkpoint
 
     config, model = tiny_hf_model("qwen2_tied")
     sd = hf_state_dict(model)

@@ -6,8 +6,6 @@ gathers and renumbers layers.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Iterable, Iterator
 
@@ -165,48 +163,3 @@ def export_hf_state_dict(model_chunks: list[torch.nn.Module], hf_config) -> Iter
             dist.broadcast(t, src=src, group=group)
             yield from to_hf([(gname, t)])
 
-
-def read_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[object, dict[str, torch.Tensor]]:
-    """``(hf_config, state_dict)`` from an HF model directory: config.json plus ``model.safetensors`` or a sharded
-    ``model.safetensors.index.json``. Safetensors only: pickle-based ``*.bin`` checkpoints are refused."""
-    import transformers
-    from safetensors.torch import load_file
-
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"HF checkpoint directory not found: {path!r}")
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"{path!r} has no config.json")
-    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        files = []
-        for name in sorted(set(weight_map.values())):
-            if os.path.basename(name) != name:
-                raise ValueError(f"{index!r} names a shard outside the directory: {name!r}")
-            shard = os.path.join(path, name)
-            if not os.path.isfile(shard):
-                raise FileNotFoundError(f"shard {name!r} listed in {index!r} is missing")
-            files.append(shard)
-    else:
-        others = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth"))]
-        hint = f" (found {others}: pickle checkpoints are not loaded; convert them to safetensors)" if others else ""
-        raise FileNotFoundError(f"{path!r} has neither model.safetensors nor model.safetensors.index.json{hint}")
-    state_dict: dict[str, torch.Tensor] = {}
-    for file in files:
-        state_dict.update(load_file(file))
-    return config, state_dict
-
-
-def save_hf_checkpoint(path: str, hf_config, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-    """Write ``config.json`` and one ``model.safetensors`` (CPU copies) into ``path`` (created if needed)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(path, exist_ok=True)
-    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in named_tensors}
-    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    hf_config.save_pretrained(path)
