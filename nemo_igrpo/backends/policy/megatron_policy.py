@@ -162,9 +162,9 @@ class MegatronPolicy(PolicyInterface):
     def from_hf(cls, cfg: PolicyConfig, layout, temperature: float, total_steps: int,
                 path: str | None = None) -> "MegatronPolicy":
         """Build from a Hugging Face directory (``path`` or ``cfg.model_path``)."""
-        from nemo_igrpo.backends.policy.weights import read_hf_checkpoint
+        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
 
-        hf_config, sd = read_hf_checkpoint(path or cfg.model_path)
+        hf_config, sd = read_hf_checkpoint(path or cfg.model_path, trust_remote_code=cfg.trust_remote_code)
         return cls(cfg, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
 
     def _build_optimizer(self):
