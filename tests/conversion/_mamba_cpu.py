@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import sys
-import types
 from unittest import mock
 
 import torch

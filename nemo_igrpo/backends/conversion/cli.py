@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import shutil
@@ -30,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 # Sharded-state-dict metadata the trainer's policy checkpoint uses (MegatronPolicy._sharded_metadata); the model
 # part's keys do not depend on it today, but passing the same keeps the two formats identical by construction.

@@ -51,7 +51,6 @@ from nemo_igrpo.backends.conversion.llama import fuse_qkv, split_qkv
 MAMBA, ATTENTION, MLP, MOE = "M", "*", "-", "E"
 _SKIP_SUFFIX = "._extra_state"
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-_HF_LAYER = re.compile(r"^(?:backbone|model)\.layers\.(\d+)\.(.+)$")
 
 # Megatron's gated RMSNorm in MambaMixer has eps hard-coded to 1e-5; HF uses layer_norm_epsilon for it.
 MEGATRON_MAMBA_NORM_EPS = 1e-5
