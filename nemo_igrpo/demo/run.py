@@ -57,8 +57,15 @@ def run(args: argparse.Namespace) -> int:
     sft_dir = out / "sft"
     t0 = time.perf_counter()
     if not (sft_dir / "config.json").is_file():
+        from nemo_igrpo.config import load_config
+
+        # The warm start reads the iGRPO recipe: its data settings and its Stage-2 template (see docs/demo.md).
+        recipe = load_config(Path(args.conf_dir) / "demo_igrpo.yaml")
         print("[demo] sft: warm-starting the tiny model", flush=True)
-        run_sft(sft_dir)
+        summary = run_sft(sft_dir, seed=args.seed, data_config=recipe.data, refinement=recipe.algorithm.refinement,
+                          overwrite=True, log_every=50)
+        print(f"[demo] sft: greedy test accuracy {summary['test_accuracy']:.3f} in {summary['train_seconds']:.0f} s",
+              flush=True)
     timings["sft"] = time.perf_counter() - t0
     for method in METHODS:
         timings[f"train/{method}"] = _train(method, args, sft_dir, out)

@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import time
 from dataclasses import replace
@@ -19,6 +20,8 @@ from typing import Any
 
 import torch
 
+from nemo_igrpo.algorithms.config import RefinementConfig
+from nemo_igrpo.algorithms.igrpo import build_refinement_messages
 from nemo_igrpo.data.config import DataConfig
 from nemo_igrpo.data.jsonl import write_jsonl
 from nemo_igrpo.data.prompts import build_messages, encode_messages
@@ -41,6 +44,36 @@ def _encode_examples(tokenizer, records, data_cfg: DataConfig) -> list[tuple[lis
         prompt = encode_messages(tokenizer, build_messages(rec["problem"], data_cfg.system_prompt, data_cfg.instruction))
         target = tokenizer.encode(rec["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
         out.append((prompt, target))
+    return out
+
+
+def _wrong_attempt(solution: str, answer: str, rng: random.Random) -> str:
+    """The solution with its last step's result (and so the boxed answer) off by a small amount: a plausible
+    draft to be corrected."""
+    wrong = str(int(answer) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    head, sep, tail = solution.rpartition(f"={answer}.")
+    if sep:
+        solution = f"{head}={wrong}.{tail}"
+    return solution.replace(f"\\boxed{{{answer}}}", f"\\boxed{{{wrong}}}")
+
+
+def _encode_refinement_examples(tokenizer, records, data_cfg: DataConfig, refinement: RefinementConfig,
+                                fraction: float, seed: int) -> list[tuple[list[int], list[int]]]:
+    """iGRPO Stage-2 prompts (problem + a previous attempt, the recipe's template) answered with the correct solution.
+
+    Half of the attempts are right and half have a wrong last step, so the model learns to read the attempt and
+    check it rather than copy it: the instruction following that a real reasoning model brings to Stage 2."""
+    rng = random.Random(f"sft-refinement-{seed}")
+    out = []
+    for rec in records:
+        if rng.random() >= fraction:
+            continue
+        draft = rec["solution"] if rng.random() < 0.5 else _wrong_attempt(rec["solution"], rec["answer"], rng)
+        draft_ids = tokenizer.encode(draft, add_special_tokens=False)
+        messages = build_refinement_messages(rec["problem"], draft_ids, tokenizer.decode, refinement,
+                                             data_cfg.system_prompt)
+        target = tokenizer.encode(rec["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
+        out.append((encode_messages(tokenizer, messages), target))
     return out
 
 
@@ -83,13 +116,17 @@ def run_sft(
     eval_limit: int | None = None,
     overwrite: bool = False,
     log_every: int = 0,
+    refinement: RefinementConfig | None = None,
+    refinement_fraction: float = 0.5,
 ) -> dict[str, Any]:
     """Build the demo tokenizer, data and tiny Llama, train it for ``steps`` AdamW steps and save an HF model dir.
 
     ``output_dir`` receives config.json, model.safetensors, generation_config.json, the tokenizer files and
     ``sft_summary.json``; it is written as ``<output_dir>.tmp`` and renamed, so it is either complete or absent. The
     data splits go to ``data_dir`` (default ``<output_dir>/data``) as train/validation/test.jsonl. ``eval_limit``
-    test problems (None: all, 0: skip) are decoded greedily afterwards to report accuracy. Returns the summary:
+    test problems (None: all, 0: skip) are decoded greedily afterwards to report accuracy. With ``refinement`` (the
+    iGRPO recipe's template), about ``refinement_fraction`` of the training problems also appear as Stage-2 prompts
+    with a previous attempt (see ``_encode_refinement_examples``). Returns the summary:
     model_dir, data files, steps, seed, final_loss, train_seconds, test_accuracy, num_parameters.
     """
     from transformers import GenerationConfig, LlamaForCausalLM
@@ -106,6 +143,9 @@ def run_sft(
     splits = generate_splits(data_cfg.synthetic)
     tokenizer = build_demo_tokenizer(tmp)
     train = _encode_examples(tokenizer, splits["train"], data_cfg)
+    if refinement is not None:
+        train += _encode_refinement_examples(tokenizer, splits["train"], data_cfg, refinement, refinement_fraction,
+                                             seed)
 
     cfg = demo_model_config(
         len(tokenizer),
@@ -176,6 +216,8 @@ def run_sft(
         "seed": seed,
         "batch_size": batch_size,
         "lr": lr,
+        "num_examples": len(train),
+        "refinement_examples": refinement is not None,
         "final_loss": ema,
         "train_seconds": round(train_seconds, 2),
         "test_accuracy": accuracy,
@@ -205,6 +247,9 @@ def add_parser(subparsers) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--output", required=True, help="model directory to write (HF format)")
+    p.add_argument("--config", default=None,
+                   help="recipe whose data settings (and iGRPO refinement template, when enabled) the warm start "
+                        "uses, e.g. conf/demo_igrpo.yaml; default: DataConfig defaults, single-shot prompts only")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimizer steps (default {DEFAULT_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order seed")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
@@ -218,13 +263,19 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``igrpo sft``."""
-    data_cfg = DataConfig()
+    data_cfg, refinement = DataConfig(), None
+    if args.config:
+        from nemo_igrpo.config import load_config
+
+        recipe = load_config(args.config)
+        data_cfg = recipe.data
+        refinement = recipe.algorithm.refinement if recipe.algorithm.refinement.enabled else None
     if args.task_seed is not None:
         data_cfg = replace(data_cfg, synthetic=replace(data_cfg.synthetic, seed=args.task_seed))
     summary = run_sft(
         args.output, steps=args.steps, seed=args.seed, data_config=data_cfg, data_dir=args.data_dir,
         batch_size=args.batch_size, lr=args.lr, eval_limit=args.eval_limit, overwrite=args.overwrite,
-        log_every=max(1, args.steps // 10),
+        log_every=max(1, args.steps // 10), refinement=refinement,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -77,3 +77,38 @@ def test_cli_registers_sft(tmp_path):
 
     args = build_parser(only="sft").parse_args(["sft", "--output", str(tmp_path / "m"), "--steps", "5"])
     assert args.steps == 5 and callable(args.func)
+
+
+def test_wrong_attempt_changes_last_step_and_answer():
+    import random
+
+    from nemo_igrpo.data.synthetic import extract_boxed
+    from nemo_igrpo.demo.sft import _wrong_attempt
+
+    sol = "<think>9*4=36. 36-5=31. 31+1=32.</think> \\boxed{32}"
+    bad = _wrong_attempt(sol, "32", random.Random(0))
+    wrong = extract_boxed(bad)
+    assert wrong != "32" and abs(int(wrong) - 32) <= 3
+    assert bad.startswith("<think>9*4=36. 36-5=31. 31+1=") and f"31+1={wrong}." in bad
+
+
+def test_refinement_examples_use_the_recipe_template():
+    from nemo_igrpo.algorithms.config import RefinementConfig
+    from nemo_igrpo.data.config import DataConfig
+    from nemo_igrpo.data.synthetic import generate_splits
+    from nemo_igrpo.data.tokenizer import build_demo_tokenizer
+    from nemo_igrpo.demo.sft import _encode_refinement_examples
+
+    tok = build_demo_tokenizer()
+    records = generate_splits(DataConfig().synthetic)["train"][:200]
+    cfg = RefinementConfig(system_prompt=None, template="{problem}\nPrevious attempt: {draft}\nFix it.")
+    examples = _encode_refinement_examples(tok, records, DataConfig(), cfg, fraction=0.5, seed=0)
+    assert 60 < len(examples) < 140  # about half of the problems
+    prompts = [tok.decode(p) for p, _ in examples]
+    assert all("Previous attempt: <think>" in p and "Fix it." in p for p in prompts)
+    targets = {tok.decode(t, skip_special_tokens=True) for _, t in examples}
+    solutions = {r["solution"] for r in records}
+    assert targets <= solutions  # always answered with the correct solution
+    wrong_drafts = sum(1 for p, (_, t) in zip(prompts, examples)
+                       if tok.decode(t, skip_special_tokens=True) not in p)
+    assert 0.25 < wrong_drafts / len(examples) < 0.75
