@@ -18,11 +18,12 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from nemo_igrpo.data.jsonl import write_jsonl
 
 TRAIN, EVAL = "train", "eval"
 
@@ -318,24 +319,6 @@ def check_output(dataset: str, output: Path, force: bool) -> list[str]:
     return warnings
 
 
-def write_atomic(path: Path, records: list[dict[str, Any]]) -> None:
-    """Written next to the destination and renamed over it: a crash or a reader never sees half a file, and a
-    failed run leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _grade_parseable(answers: list[str]) -> list[bool]:
     """The grader's own test, so that what is kept here is exactly what the reward can grade: math-verify in worker
     processes with a time limit (``is_parseable_answer`` runs the same check one answer at a time on one worker;
@@ -367,7 +350,7 @@ def prepare(dataset: str, source: str, output: str | Path, *, from_hub: bool = F
         raise PrepareError(f"--strict: {report.examples[0]} (and {len(report.examples) - 1} more); nothing written")
     if not records:
         raise PrepareError(f"{source}: no usable {dataset!r} records ({report.summary()}); nothing written")
-    write_atomic(output, records)
+    write_jsonl(output, records)
     log(f"{dataset}: {report.summary()} -> {output}")
     return report
 

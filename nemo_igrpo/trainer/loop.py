@@ -13,7 +13,6 @@ import logging
 import math
 import signal
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -1,5 +1,3 @@
-import torch
-
 from nemo_igrpo.trainer.batching import masked_mean, pack_sequences
 from nemo_igrpo.trainer.seeding import derive_seed
 

@@ -333,6 +333,8 @@ def mamba_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1
     def squared_relu(x):
         return torch.pow(torch.nn.functional.relu(x), 2)
 
+    from nemo_igrpo.backends.policy.model import common_transformer_kwargs
+
     kwargs = dict(
         num_layers=len(pattern),
         hidden_size=int(hf_config.hidden_size),
@@ -349,20 +351,7 @@ def mamba_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1
         gated_linear_unit=False,
         activation_func=squared_relu,
         add_bias_linear=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        attention_softmax_in_fp32=True,
-        apply_query_key_layer_scaling=False,
-        bias_activation_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        sequence_parallel=False,
+        **common_transformer_kwargs(dtype, tp, pp),
     )
     kwargs.update(overrides)
     model_kwargs = dict(

@@ -46,6 +46,29 @@ def _rope(hf_config) -> tuple[float, bool, float]:
     raise ValueError(f"rope_type={rope_type!r} is not supported; supported: 'default', 'llama3'")
 
 
+def common_transformer_kwargs(dtype: torch.dtype, tp: int, pp: int) -> dict:
+    """TransformerConfig settings every architecture here shares: precision, parallel sizes, no dropout (RL
+    log-probs must be deterministic), and no fused kernels (they need apex/TE; on GPU the TE spec brings its own)."""
+    return dict(
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        attention_softmax_in_fp32=True,
+        apply_query_key_layer_scaling=False,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        sequence_parallel=False,
+    )
+
+
 def transformer_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1, **overrides):
     """Map a Llama/Qwen2 HF config to ``(TransformerConfig, GPTArgs)``.
 
@@ -105,27 +128,11 @@ def transformer_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: i
         activation_func=F.silu,
         add_bias_linear=False,
         add_qkv_bias=qkv_bias,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
         init_method_std=float(_get(hf_config, "initializer_range", 0.02)),
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        attention_softmax_in_fp32=True,
-        apply_query_key_layer_scaling=False,
-        # Fusions need apex/TE CUDA kernels; on GPU the TE spec brings its own.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
-        bias_dropout_fusion=False,
         apply_rope_fusion=False,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
         # CPU init builds each full weight and slices it, so a TP=2 model starts from the same weights as TP=1.
         use_cpu_initialization=on_cpu,
-        sequence_parallel=False,
+        **common_transformer_kwargs(dtype, tp, pp),
     )
     kwargs.update(overrides)
     config = TransformerConfig(**kwargs)
