@@ -167,7 +167,7 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=96, help="generated tokens per sequence (demo max_new_tokens)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per backend and batch, interleaved")
     ap.add_argument("--model", default="demo",
-                    help="'demo' (the warm-started tiny model), 'qwen2-1.5b' (random ~1.5B, GPU), or an HF dir")
+                    help="'demo' (the warm-started tiny model), 'qwen2-1.5b' (random 1.66 B Qwen2 shape, GPU), or an HF dir")
     ap.add_argument("--vllm-python", default=str(C.REPO / ".venv-vllm" / "bin" / "python"),
                     help="python of a venv with vLLM (on a GPU machine: the CUDA vLLM venv)")
     ap.add_argument("--no-vllm", action="store_true")
@@ -213,7 +213,7 @@ def main() -> None:
     vllm_note = None
     startup: dict[str, float] = {}
     if args.model != "qwen2-1.5b":
-        # The HF backend is the CPU path: a 1.5B model through its Python decode loop is not worth timing.
+        # The HF backend is the CPU path: a 1.66 B model through its Python decode loop is not worth timing.
         t0 = time.perf_counter()
         backends["hf"] = build_hf(model_dir, max(args.batches))
         startup["hf"] = time.perf_counter() - t0

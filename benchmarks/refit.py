@@ -2,7 +2,7 @@
 weights into the rollout engine that ``Trainer.refit`` does after every optimizer step.
 
     .venv/bin/python benchmarks/refit.py [--reps 20] [--out FILE]                  # CPU: tiny model, HF (+ vLLM CPU)
-    python benchmarks/refit.py --model qwen2-1.5b --generator vllm               # GPU: ~1.5B Qwen2 shape, bf16
+    python benchmarks/refit.py --model qwen2-1.5b --generator vllm               # GPU: 1.66 B Qwen2 shape, bf16
 
 Single process, TP = PP = 1, as the trainer runs on one device. Three timings per repetition, interleaved:
 ``export`` (drain the export iterator: name mapping, q/k/v and gate/up splits), ``update`` (the generator's copy of

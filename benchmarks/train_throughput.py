@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --model qwen2-1.5b                                              # GPU
 
 CPU default: the warm-started demo model in fp32, the demo's step shape (64 sequences = 8 prompts x 8 rollouts,
-about 160 tokens each, micro-batch 32). GPU (``--model qwen2-1.5b``): a randomly initialised ~1.5B Qwen2-shaped
+about 160 tokens each, micro-batch 32). GPU (``--model qwen2-1.5b``): a randomly initialised 1.66 B Qwen2-shaped
 model in bf16, 32 sequences of 1024 tokens, micro-batch 4; skipped when CUDA is absent.
 
 Also timed: ``get_logprobs`` on the same batch (forward only), which the trainer runs once per step for the old
