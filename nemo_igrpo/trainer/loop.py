@@ -104,8 +104,15 @@ class Trainer:
                                      hf_state_dict=hf_state)
         del hf_state
         self.loss_fn = make_policy_loss(cfg.algorithm, max_response_tokens=cfg.generation.max_new_tokens)
+        # HF (CPU): the model-parallel source rank generates and broadcasts to its peers. vLLM (GPU): every rank
+        # builds an engine and the ranks of a TP group form one vLLM TP group, generating in lockstep from the same
+        # prompts and seeds (external_launcher), so they all hold the same rollouts and nothing is broadcast.
+        self.spmd_generation = cfg.generation.backend == "vllm"
+        if self.spmd_generation and self.layout.pp_size > 1:
+            raise ConfigError("config key 'generation.backend': vllm with policy.pipeline_model_parallel_size > 1 is "
+                              "not supported (each pipeline stage would need its own engine); use tensor parallelism")
         self.worker: RolloutWorker | None = None
-        if self.layout.is_mp_src:
+        if self.layout.is_mp_src or self.spmd_generation:
             self.worker = self._build_worker()
         self.step = 0
         self.consecutive_nonfinite = 0
@@ -177,7 +184,7 @@ class Trainer:
         dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
         records = self.sampler.next_batch(self.cfg.data.prompts_per_step)[dp_rank::dp_size]
         rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
-        return collectives.broadcast_from_model_parallel_source(rollouts)
+        return rollouts if self.spmd_generation else collectives.broadcast_from_model_parallel_source(rollouts)
 
     def train_step(self) -> dict[str, float]:
         t_step = time.perf_counter()
