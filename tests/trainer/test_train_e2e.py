@@ -2,7 +2,6 @@
 SIGKILL + resume reproducing the uninterrupted run, SIGTERM saving and exiting, refusing a different config."""
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -10,7 +9,7 @@ import time
 import pytest
 import torch
 
-from trainer_cli_helpers import igrpo_train_cmd, run_train
+from trainer_cli_helpers import igrpo_train_cmd, run_train, train_env
 
 pytestmark = pytest.mark.slow
 
@@ -64,7 +63,7 @@ def test_rewards_finite_and_checkpoint_reloads(reference_run, warm_model):
 def test_sigkill_then_resume_reproduces_the_run(reference_run, warm_model, tmp_path):
     out = tmp_path / "run"
     cmd = igrpo_train_cmd(warm_model, out, "trainer.max_steps=4", "trainer.save_every=2")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = train_env()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     ckpt = out / "checkpoints" / "step_000002" / "trainer_state.json"
     deadline = time.time() + 600
@@ -88,7 +87,7 @@ def test_sigkill_then_resume_reproduces_the_run(reference_run, warm_model, tmp_p
 def test_sigterm_saves_and_exits_cleanly(warm_model, tmp_path):
     out = tmp_path / "run"
     cmd = igrpo_train_cmd(warm_model, out, "trainer.max_steps=50", "trainer.save_every=0")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = train_env()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 600

@@ -18,6 +18,15 @@ def igrpo_train_cmd(model: Path, out: Path, *overrides: str) -> list[str]:
             "policy.optimizer.lr=1e-3", *overrides]
 
 
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def train_env() -> dict[str, str]:
+    """The test process's environment without launcher variables (a run must not join another's rendezvous),
+    one thread per process so that timings and results do not depend on what else the machine runs."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
 def run_train(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, **kw)
+    return subprocess.run(cmd, capture_output=True, text=True, env=train_env(), timeout=900, **kw)

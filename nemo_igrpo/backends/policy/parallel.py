@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -42,12 +41,6 @@ class ParallelLayout:
         return self.pp_rank == self.pp_size - 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _slurm_master_addr() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if nodelist and shutil.which("scontrol"):
@@ -79,9 +72,9 @@ def _rendezvous_env() -> tuple[int, int, int]:
             # Deterministic across tasks of one job (they cannot agree on a random port) and spread across jobs.
             env["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
     else:
-        rank, world, local = 0, 1, 0
-        env.setdefault("MASTER_ADDR", "127.0.0.1")
-        env.setdefault("MASTER_PORT", str(_free_port()))
+        # A lone process: initialize_parallel uses an in-memory store, no port and no environment variables (set
+        # here, they would leak into every child process, which would then all try to listen on the same port).
+        return 0, 1, 0
     env.setdefault("RANK", str(rank))
     env.setdefault("WORLD_SIZE", str(world))
     env.setdefault("LOCAL_RANK", str(local))
@@ -92,7 +85,7 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     """Initialise torch.distributed (if not already) and megatron's TP/PP/DP groups and RNG states.
 
     Rank and world size come from RANK/WORLD_SIZE (torchrun), else SLURM_PROCID/SLURM_NTASKS (srun), else a single
-    process on a free localhost port. NCCL when CUDA is present, gloo (plus the CPU shims) otherwise.
+    process with an in-memory store. NCCL when CUDA is present, gloo (plus the CPU shims) otherwise.
     ``world_size`` must be divisible by ``tp * pp``; the rest is data parallel.
     """
     from megatron.core import parallel_state, tensor_parallel
@@ -120,12 +113,14 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
         apply_cpu_shims()
         device = torch.device("cpu")
     if not dist.is_initialized():
+        launched = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
+        rendezvous = {"init_method": "env://"} if launched else {"store": dist.HashStore()}
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            init_method="env://",
             rank=rank,
             world_size=world,
             timeout=timedelta(minutes=timeout_minutes),
+            **rendezvous,
         )
 
     if parallel_state.model_parallel_is_initialized():
