@@ -119,6 +119,20 @@ def ensure_sft_model(path: Path = SFT_DIR, steps: int = SFT_STEPS) -> Path:
     return path
 
 
+def resolve_model(model: str, on_gpu: bool) -> Path | None:
+    """The model directory a benchmark's ``--model`` names: 'demo' (the cached warm start), 'qwen2-1.5b' (a random
+    Qwen2-shaped model, GPU only: None and a 'skipped' line without CUDA, so a script running every benchmark goes
+    on), or an HF directory."""
+    if model == "demo":
+        return ensure_sft_model()
+    if model == "qwen2-1.5b":
+        if not on_gpu:
+            print("skipped: --model qwen2-1.5b is a GPU measurement (bf16, ~1.7 B parameters) and CUDA is absent")
+            return None
+        return write_random_model_dir(BENCH_DIR / "qwen2_1p5b", qwen2_1p5b_config())
+    return Path(model)
+
+
 def count_params(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Parameter counts for the FLOP and byte models: total, and 'matmul' = total minus the input embedding (a
     lookup, no FLOPs; with tied embeddings the table is counted once, as the LM head)."""

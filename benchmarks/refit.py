@@ -173,16 +173,9 @@ def main() -> None:
     import torch
 
     on_gpu = torch.cuda.is_available()
-    if args.model == "demo":
-        model_dir = C.ensure_sft_model()
-    elif args.model == "qwen2-1.5b":
-        if not on_gpu:
-            # A skip, not a failure: exit 0 so that a script running every benchmark goes on.
-            print("skipped: --model qwen2-1.5b is a GPU measurement (bf16, ~1.7 B parameters) and CUDA is absent")
-            return
-        model_dir = C.write_random_model_dir(C.BENCH_DIR / "qwen2_1p5b", C.qwen2_1p5b_config())
-    else:
-        model_dir = Path(args.model)
+    model_dir = C.resolve_model(args.model, on_gpu)
+    if model_dir is None:
+        return
     load_start = C.loadavg()
     generators = ["hf", "vllm"] if args.generator == "both" else [args.generator]
     results, notes = [], {}

@@ -290,14 +290,19 @@ def _plot_per_step(groups: dict[str, list[Run]], key: str, ylabel: str, out: Pat
         drawn = True
     if hline is not None:
         ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    return _finish(fig, ax, drawn, "step", ylabel, out)
+
+
+def _finish(fig, ax, drawn: bool, xlabel: str, ylabel: str, out: Path) -> bool:
+    """Label and save a line plot (only if something was drawn), then free the figure."""
     if drawn:
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
         fig.savefig(out, dpi=120)
-    plt.close(fig)
+    _plt().close(fig)
     return drawn
 
 
@@ -315,15 +320,7 @@ def _plot_accuracy_vs_tokens(groups: dict[str, list[Run]], out: Path) -> bool:
             ax.plot([cum[s] for s in steps], acc, color=color, marker="o", markersize=3,
                     label=name if ri == 0 else None, alpha=0.9 if len(runs) == 1 else 0.6)
             drawn = True
-    if drawn:
-        ax.set_xlabel("cumulative generated tokens")
-        ax.set_ylabel(ACCURACY_KEY)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return drawn
+    return _finish(fig, ax, drawn, "cumulative generated tokens", ACCURACY_KEY, out)
 
 
 def _plot_phases(groups: dict[str, list[Run]], phases: Sequence[str], out: Path) -> bool:
