@@ -75,6 +75,10 @@ class Trainer:
         self.cfg = cfg
         if not cfg.policy.model_path:
             raise ConfigError("config key 'policy.model_path': required (a Hugging Face model directory)")
+        if cfg.algorithm.kl_coef > 0:
+            # The losses implement the KL term, but the trainer keeps no reference model yet (the paper uses 0).
+            raise ConfigError("config key 'algorithm.kl_coef': > 0 needs a reference policy, which the trainer does "
+                              "not keep yet; use 0 (the iGRPO paper's setting)")
         self.layout = initialize_parallel(cfg.policy.tensor_model_parallel_size,
                                           cfg.policy.pipeline_model_parallel_size, cfg.trainer.seed)
         self.is_rank0 = self.layout.rank == 0
