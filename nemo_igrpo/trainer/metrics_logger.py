@@ -60,8 +60,8 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
         if self._bar is not None:
-            self._bar.set_postfix({k.split("/")[-1] if k != "reward/draft_best" else "draft_best": f"{clean[k]:.3g}"
-                                   for k in _BAR_KEYS if clean.get(k) is not None}, refresh=False)
+            self._bar.set_postfix({k.split("/")[-1]: f"{clean[k]:.3g}" for k in _BAR_KEYS if clean.get(k) is not None},
+                                  refresh=False)
             self._bar.update(step - self._bar.n)
 
     def close(self) -> None:
