@@ -24,7 +24,6 @@ directory. Nothing from megatron is imported by this module.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from nemo_igrpo.evaluation.protocol import (
     load_records,
     resolve_datasets,
 )
+from nemo_igrpo.seeding import hashed_seed
 
 SAMPLES_DIR = "samples"
 SUMMARY_JSON = "summary.json"
@@ -54,10 +54,8 @@ ROW_KEYS = ("dataset", "problem_id", "sample_idx", "response", "extracted", "cor
 
 
 def call_seed(base_seed: int, dataset: str, first_problem_id: str, sub_batch: int) -> int:
-    """The seed of one generate() call. A cryptographic hash (not Python's salted ``hash``) so that it is the same in
-    every process and every run; 31 bits because some engines take a signed 32-bit seed."""
-    digest = hashlib.sha256(f"{base_seed}\x00{dataset}\x00{first_problem_id}\x00{sub_batch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % (2**31 - 1)
+    """The seed of one generate() call; 31 bits because some engines take a signed 32-bit seed."""
+    return hashed_seed(f"{base_seed}\x00{dataset}\x00{first_problem_id}\x00{sub_batch}") % (2**31 - 1)
 
 
 # --- generation --------------------------------------------------------------------------------------------------------

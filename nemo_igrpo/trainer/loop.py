@@ -25,7 +25,7 @@ from nemo_igrpo.batch import TrainBatch
 from nemo_igrpo.backends.generation.interface import SamplingParams
 from nemo_igrpo.config import Config, ConfigError, to_dict, to_yaml
 from nemo_igrpo.data.sampler import PromptSampler
-from nemo_igrpo.trainer import seeding
+from nemo_igrpo import seeding
 from nemo_igrpo.trainer.batching import masked_mean, pack_sequences
 from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, check_resume_compatible
 from nemo_igrpo.trainer.data import load_prompt_splits

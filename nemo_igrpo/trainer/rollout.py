@@ -14,7 +14,7 @@ from nemo_igrpo.algorithms.config import AlgorithmConfig
 from nemo_igrpo.algorithms.igrpo import RolloutBudget, StageTokenCounter, build_refinement_messages, select_best_drafts
 from nemo_igrpo.backends.generation.interface import GenerationInterface, SamplingParams
 from nemo_igrpo.data.prompts import PromptRecord, build_messages, encode_messages
-from nemo_igrpo.trainer import seeding
+from nemo_igrpo import seeding
 
 
 @dataclass

@@ -1,5 +1,5 @@
 from nemo_igrpo.trainer.batching import masked_mean, pack_sequences
-from nemo_igrpo.trainer.seeding import derive_seed
+from nemo_igrpo.seeding import derive_seed
 
 
 def test_pack_aligns_response_tokens_and_logprobs():
