@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tiny_models  # noqa: E402
 
 from nemo_igrpo.backends.conversion import get_mapping, nemotron_h  # noqa: E402
-from nemo_igrpo.backends.conversion.cli import SHARDED_METADATA, hf_to_megatron, megatron_to_hf  # noqa: E402
+from nemo_igrpo.backends.conversion.cli import SHARDED_METADATA, hf_to_megatron  # noqa: E402
 
 
 @pytest.fixture(scope="module")
