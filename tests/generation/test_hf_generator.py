@@ -53,7 +53,9 @@ def test_greedy_equals_hand_argmax_and_uses_temperature_one():
             with torch.no_grad():
                 seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
         assert toks == seq[len(prompt):]
-        assert torch.allclose(torch.tensor(lps), torch.tensor(_reference_logprobs(model, prompt, toks, 1.0)), atol=1e-5)
+        # fp32 rounding of a left-padded, KV-cached batch against one unpadded forward: up to 2.2e-5 measured with
+        # transformers 5.19 (sdpa). A wrong position or temperature moves log-probs by far more than 1e-4.
+        assert torch.allclose(torch.tensor(lps), torch.tensor(_reference_logprobs(model, prompt, toks, 1.0)), atol=1e-4)
 
 
 def test_seed_reproducible_and_independent_of_global_rng():
