@@ -17,7 +17,8 @@ SHARD_BYTES = 4 * 1024**3
 
 
 def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Iterable[tuple[str, torch.Tensor]],
-                       tokenizer: Any | None = None, dtype: torch.dtype | None = None) -> Path:
+                       tokenizer: Any | None = None, dtype: torch.dtype | None = None,
+                       generation_config: Any | None = None) -> Path:
     """Write ``out_dir`` as a loadable HF model directory; a crash mid-write leaves no ``out_dir`` (only
     ``out_dir.partial``). Shards of at most 4 GiB with a ``model.safetensors.index.json`` when more than one."""
     out = Path(out_dir)
@@ -48,6 +49,8 @@ def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Itera
     hf_config.save_pretrained(partial)
     if tokenizer is not None:
         tokenizer.save_pretrained(partial)
+    if generation_config is not None:
+        generation_config.save_pretrained(partial)
     if out.exists():
         shutil.rmtree(out)
     os.rename(partial, out)
