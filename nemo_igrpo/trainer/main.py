@@ -128,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ResumeError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves: trainer/stop_signals.py)
+        print("interrupted: stopped without saving the step in flight; the newest complete checkpoint is kept",
+              file=sys.stderr)
+        return 130
     finally:
         if trainer is not None:
             trainer.close()
