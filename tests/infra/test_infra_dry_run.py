@@ -204,3 +204,25 @@ def test_the_builder_and_the_dry_run_share_the_rules():
         transformer_config_from_hf(hf_config, torch.float32, tp=4)
     for problem in from_json:
         assert problem in str(err.value)
+
+
+# Qwen2.5-0.5B-Instruct's config.json (the smoke recipe's model).
+QWEN2_05B = dict(QWEN2_7B, hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2,
+                 num_hidden_layers=24, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True)
+
+
+def test_the_one_node_smoke_recipe_plans_a_short_run_that_checkpoints(tmp_path, monkeypatch, capsys):
+    models, data = tmp_path / "models", tmp_path / "data"
+    model = make_model(models, QWEN2_05B)
+    model.rename(models / "Qwen2.5-0.5B-Instruct")
+    write_prompts(data / "math_train.jsonl", 7500)
+    write_prompts(data / "math500.jsonl", 500)
+    for var, path in (("MODEL_DIR", models), ("DATA_DIR", data), ("RESULTS_DIR", tmp_path / "results")):
+        monkeypatch.setenv(var, str(path))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert igrpo(["train", "--config", str(CONF / "smoke_qwen05b_math_igrpo.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 node(s) x 8 GPU(s) per node" in out and "world size        8 = TP 1 x PP 1 x DP 8" in out
+    assert "optimizer steps           6 (trainer.max_steps)" in out
+    assert "checkpoints               every 2 steps (trainer.save_every): 3 in the run" in out
+    assert "# no problems found" in out
