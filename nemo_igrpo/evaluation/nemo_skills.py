@@ -13,7 +13,6 @@ that ``ns summarize_results`` reads them; ``read_outputs`` turns such a director
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
