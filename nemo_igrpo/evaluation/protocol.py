@@ -128,12 +128,17 @@ KNOWN_DATASETS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl"}
 DATA_DIR_ENV = "IGRPO_EVAL_DATA_DIR"
 
 
+# The data directory of the recipes and slurm scripts (docs/cluster.md), where `igrpo prepare-data` writes <set>.jsonl.
+CLUSTER_DATA_DIR_ENV = "DATA_DIR"
+
+
 def default_data_dirs() -> list[Path]:
-    """Where known sets are looked for, in order: $IGRPO_EVAL_DATA_DIR, ``../shared/data`` next to the repository
-    checkout, and ``../shared/data`` relative to the working directory."""
+    """Where known sets are looked for, in order: $IGRPO_EVAL_DATA_DIR, $DATA_DIR, ``../shared/data`` next to the
+    repository checkout, and ``../shared/data`` relative to the working directory."""
     dirs = []
-    if os.environ.get(DATA_DIR_ENV):
-        dirs.append(Path(os.environ[DATA_DIR_ENV]))
+    for var in (DATA_DIR_ENV, CLUSTER_DATA_DIR_ENV):
+        if os.environ.get(var):
+            dirs.append(Path(os.environ[var]))
     repo_root = Path(__file__).resolve().parents[2]
     dirs.append(repo_root.parent / "shared" / "data")
     dirs.append(Path.cwd().parent / "shared" / "data")

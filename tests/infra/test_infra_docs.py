@@ -135,9 +135,12 @@ if argv[0] == "train":
         shutil.copytree(cfg.policy.model_path, hf)
     hf.mkdir(exist_ok=True)
 elif argv[0] == "evaluate":
-    from nemo_igrpo.evaluation.evaluate import check_hf_model_dir, parse_shard
+    from nemo_igrpo.evaluation.evaluate import check_hf_model_dir, parse_data_flags, parse_shard
+    from nemo_igrpo.evaluation.protocol import load_records, resolve_datasets
     check_hf_model_dir(args.model)
     parse_shard(args.shard)
+    for path in resolve_datasets(args.datasets.split(","), parse_data_flags(args.data)).values():
+        load_records(path)  # the sets the job would read exist and parse
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     names = args.datasets.split(",")
@@ -277,7 +280,9 @@ def test_readme_commands_run_as_written(sandbox):
              "$MODEL_DIR/OpenReasoning-Nemotron-7B\n"
              "igrpo prepare-data --dataset acereason --input raw/acereason_math.jsonl --output "
              "$DATA_DIR/acereason_math_train.jsonl\n"
-             "igrpo prepare-data --dataset math500 --input raw/math500.jsonl --output $DATA_DIR/math500.jsonl\n")
+             "igrpo prepare-data --dataset math500 --input raw/math500.jsonl --output $DATA_DIR/math500.jsonl\n"
+             "igrpo prepare-data --dataset aime24 --input raw/aime24.jsonl --output $DATA_DIR/aime24.jsonl\n"
+             "igrpo prepare-data --dataset aime25 --input raw/aime25.jsonl --output $DATA_DIR/aime25.jsonl\n")
     readme = "```bash\n" + setup + "```\n" + (REPO / "README.md").read_text()
     proc = _run_doc(readme, home, env, skip=lambda c: c.startswith("make "))
     assert proc.returncode == 0, proc.stderr[-4000:]
