@@ -202,3 +202,26 @@ def test_plan_is_pure_python():
             "bad = [m for m in ('megatron', 'megatron.core', 'vllm') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("stem", PAPER)
+@pytest.mark.parametrize("variant", ["igrpo", "grpo"])
+def test_paper_recipes_say_where_they_depart_from_the_paper(stem, variant):
+    """A departure from the paper is marked at its key, not presented as the paper's value."""
+    text = (CONF / f"{stem}_{variant}.yaml").read_text()
+    lines = text.splitlines()
+
+    def note_above(key: str) -> str:
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+        block = []
+        for line in reversed(lines[:i]):
+            if not line.strip().startswith("#"):
+                break
+            block.append(line)
+        return " ".join(block)
+
+    assert "FIDELITY" in note_above("prompts_per_step") and "FIDELITY" in note_above("weight_decay")
+    assert "(paper)" not in note_above("prompts_per_step")
+    if stem.startswith("orn7b_acereason"):
+        note = note_above("train_file")
+        assert "9.4k" in note and "--limit 9400 --seed 0" in note
