@@ -138,8 +138,9 @@ def gguf_to_hf(gguf_file: Path, out_dir: Path) -> Path:
         delattr(config, "quantization_config")
     tied = bool(getattr(config, "tie_word_embeddings", False))
     named = ((k, v) for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight"))
-    return save_hf_checkpoint(out_dir, config, named, tokenizer=tokenizer,
-                              generation_config=model.generation_config)
+    # No source directory with a config.json: the writer saves this config (top-level rope_theta added back for
+    # transformers-4 readers) and derives generation_config.json (bos/eos/pad) from it.
+    return save_hf_checkpoint(out_dir, config, named, tokenizer=tokenizer)
 
 
 def prepare_model(name: str, out_dir: str | Path, cache_dir: str | Path | None = None,
