@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from nemo_igrpo.algorithms.config import AlgorithmConfig
-from nemo_igrpo.algorithms.losses import LossNormalizer, make_policy_loss
-from nemo_igrpo.algorithms.registry import POLICY_LOSSES
+from nemo_igrpo.algorithms.losses import POLICY_LOSSES, LossNormalizer, make_policy_loss
 
 NAMES = ["grpo", "dapo", "gspo", "dr_grpo"]
 MAX_TOKENS = 12
