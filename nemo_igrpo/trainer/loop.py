@@ -31,6 +31,7 @@ from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, check_resume_com
 from nemo_igrpo.trainer.data import load_prompt_splits
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
+from nemo_igrpo.trainer.step_rollouts import collect_step_rollouts
 
 log = logging.getLogger("nemo_igrpo.trainer")
 
@@ -185,10 +186,10 @@ class Trainer:
         return time.perf_counter() - t0
 
     def _rollouts(self) -> StepRollouts:
-        dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
-        records = self.sampler.next_batch(self.cfg.data.prompts_per_step)[dp_rank::dp_size]
-        rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
-        return rollouts if self.spmd_generation else collectives.broadcast_from_model_parallel_source(rollouts)
+        share = (lambda x: x) if self.spmd_generation else collectives.broadcast_from_model_parallel_source
+        return collect_step_rollouts(self.step, self.worker, self.sampler, self.cfg.data.prompts_per_step,
+                                     self.cfg.algorithm, self.layout.dp_rank, self.layout.dp_size, share=share,
+                                     gather=collectives.data_parallel_all_gather)
 
     def train_step(self) -> dict[str, float]:
         t_step = time.perf_counter()
@@ -201,6 +202,7 @@ class Trainer:
                                         self.cfg.algorithm.advantage_eps).reshape(-1)
         input_ids, loss_mask, gen_logprobs = pack_sequences(rollouts.prompt_ids, rollouts.response_ids,
                                                             self.tokenizer.pad_token_id, rollouts.generator_logprobs)
+        loss_mask *= torch.tensor(rollouts.loss_rows, dtype=loss_mask.dtype)[:, None]  # overlong filter, padding
         t0 = time.perf_counter()
         old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True)
         metrics["time/logprob"] = time.perf_counter() - t0
