@@ -1,6 +1,8 @@
 """Config validation asks the code that owns a rule (the registries, the iGRPO budget and tie-break, the loss's clip
 range, each reward's own checks) instead of restating it: the error a user gets is the rule's own message."""
 
+from pathlib import Path
+
 import pytest
 
 from nemo_igrpo.algorithms.config import AlgorithmConfig, RefinementConfig
@@ -66,3 +68,20 @@ def test_features_are_off_by_default():
     a = load_config().algorithm
     assert not a.dynamic_sampling.enabled and not a.overlong_filter
     assert "overlong" not in load_config().reward.weights
+
+
+RECIPES = sorted(Path(__file__).resolve().parents[1].glob("conf/*.yaml"))
+
+
+@pytest.mark.parametrize("switch", ["algorithm.dynamic_sampling.enabled=true", "algorithm.overlong_filter=true",
+                                    "reward.weights.overlong=1.0"])
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_each_feature_is_one_switch_in_every_recipe(recipe, switch):
+    key, value = switch.split("=")
+    cfg = load_config(recipe, [switch])
+    node = cfg
+    for part in key.split(".")[:-1]:
+        node = getattr(node, part)
+    leaf = key.split(".")[-1]
+    got = node[leaf] if isinstance(node, dict) else getattr(node, leaf)
+    assert str(got).lower() == value

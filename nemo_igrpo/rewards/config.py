@@ -37,9 +37,10 @@ class OverlongPenaltyConfig:
     """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), the ``overlong`` reward component."""
 
     # L_cache: the penalty grows linearly from 0 to -1 over the last buffer_tokens tokens before the generation
-    # limit L_max (generation.max_new_tokens); a response cut at the limit gets -1. Must be in (0, L_max). DAPO:
-    # 4096 of a 20480-token limit. Used only when reward.weights lists "overlong" (its weight scales the penalty).
-    buffer_tokens: int = 1024
+    # limit L_max (generation.max_new_tokens); a response cut at the limit gets -1. Must be in (0, L_max). Null: a
+    # fifth of L_max, DAPO's proportion (4096 of a 20480-token limit). Used only when reward.weights lists
+    # "overlong" (its weight scales the penalty).
+    buffer_tokens: int | None = None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """DAPO's soft overlong punishment (Yu et al. 2025, "DAPO", Sec. 3.4, eq. 13) as a reward component.
 
-With ``L_max`` the generation limit and ``L_cache`` = ``reward.overlong.buffer_tokens``, a response of ``|y|`` tokens
-gets::
+With ``L_max`` the generation limit and ``L_cache`` = ``reward.overlong.buffer_tokens`` (default ``L_max // 5``,
+DAPO's 4096 of 20480), a response of ``|y|`` tokens gets::
 
     0                                     if |y| <= L_max - L_cache
     ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max     (linear from 0 down to -1)
@@ -18,6 +18,14 @@ from typing import Sequence
 
 from nemo_igrpo.rewards.base import Reward, Sample, Scores
 from nemo_igrpo.rewards.config import RewardConfig
+
+# DAPO's L_cache / L_max: 4096 / 20480.
+DEFAULT_BUFFER_SHARE = 5
+
+
+def buffer_for(buffer_tokens: int | None, max_tokens: int) -> int:
+    """``L_cache``: the configured one, or a fifth of the limit."""
+    return max_tokens // DEFAULT_BUFFER_SHARE if buffer_tokens is None else buffer_tokens
 
 
 def check_buffer(buffer_tokens: int, max_tokens: int) -> None:
@@ -47,7 +55,7 @@ class OverlongReward(Reward):
     @classmethod
     def check_config(cls, cfg: RewardConfig, max_response_tokens: int) -> None:
         try:
-            check_buffer(cfg.overlong.buffer_tokens, max_response_tokens)
+            check_buffer(buffer_for(cfg.overlong.buffer_tokens, max_response_tokens), max_response_tokens)
         except ValueError as err:
             raise ValueError(f"config key 'reward.overlong.buffer_tokens': {err} (generation.max_new_tokens)") \
                 from None
@@ -58,5 +66,6 @@ class OverlongReward(Reward):
             if s.meta.num_tokens is None or s.meta.max_tokens is None:
                 raise ValueError(f"the overlong reward needs each response's token count and generation limit; "
                                  f"response {i} has none (it is a training-time reward, not one for offline grading)")
-            values.append(overlong_penalty(s.meta.num_tokens, s.meta.max_tokens, self.buffer_tokens))
+            values.append(overlong_penalty(s.meta.num_tokens, s.meta.max_tokens,
+                                           buffer_for(self.buffer_tokens, s.meta.max_tokens)))
         return Scores(values=values)

@@ -167,12 +167,22 @@ def test_overlong_reward_in_the_reward_function():
 
 
 def test_overlong_config_is_checked_against_the_generation_limit():
-    with pytest.raises(ConfigError, match="reward.overlong.buffer_tokens.*L_max = 96"):
-        load_config("conf/demo_igrpo.yaml", ["reward.weights.overlong=1.0"])  # default buffer 1024 > 96
+    with pytest.raises(ConfigError, match="reward.overlong.buffer_tokens.*L_cache = 1024.*L_max = 96"):
+        load_config("conf/demo_igrpo.yaml", ["reward.weights.overlong=1.0", "reward.overlong.buffer_tokens=1024"])
     cfg = load_config("conf/demo_igrpo.yaml", ["reward.weights.overlong=1.0", "reward.overlong.buffer_tokens=16"])
     assert cfg.reward.weights["overlong"] == 1.0
     # Listed with weight 0: not computed, so not checked.
-    load_config("conf/demo_igrpo.yaml", ["reward.weights.overlong=0.0"])
+    load_config("conf/demo_igrpo.yaml", ["reward.weights.overlong=0.0", "reward.overlong.buffer_tokens=1024"])
+
+
+def test_overlong_default_buffer_is_daps_fifth_of_the_limit():
+    cfg = RewardConfig(weights={"overlong": 1.0})
+    assert cfg.overlong.buffer_tokens is None
+    meta = [ResponseMeta(num_tokens=n, max_tokens=100) for n in (80, 90, 100)]
+    with RewardFunction(cfg) as fn:
+        out = fn(["p"] * 3, ["a"] * 3, ["1"] * 3, meta)
+    assert out.components["overlong"] == pytest.approx([dapo_eq13(n, 100, 20) for n in (80, 90, 100)])
+    assert out.components["overlong"] == pytest.approx([0.0, -0.5, -1.0])
 
 
 def test_judge_needs_an_endpoint():
