@@ -85,3 +85,12 @@ def test_each_feature_is_one_switch_in_every_recipe(recipe, switch):
     leaf = key.split(".")[-1]
     got = node[leaf] if isinstance(node, dict) else getattr(node, leaf)
     assert str(got).lower() == value
+
+
+def test_dry_run_shows_the_dynamic_sampling_worst_case():
+    from nemo_igrpo.trainer.plan import describe_plan
+
+    recipe = Path(__file__).resolve().parents[1] / "conf" / "orn7b_acereason_igrpo.yaml"
+    assert "dynamic sampling" not in describe_plan(load_config(recipe), 16)
+    text = describe_plan(load_config(recipe, ["algorithm.dynamic_sampling.enabled=true"]), 16)
+    assert "dynamic sampling          up to 3 extra round(s): at most 4,096 completions, 16,777,216 generated" in text

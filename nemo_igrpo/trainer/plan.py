@@ -159,6 +159,11 @@ def describe_plan(cfg: Config, world_size: int) -> str:
            else f"{cfg.data.num_epochs} epoch(s) of the training prompts / {b.prompts} per step "
                 "(the count is known once the data is read)"),
     ]
+    ds = cfg.algorithm.dynamic_sampling
+    if ds.enabled:  # the budget above is one round; each extra round repeats it
+        rounds = 1 + ds.max_extra_rounds
+        lines.append(f"dynamic sampling          up to {ds.max_extra_rounds} extra round(s): at most "
+                     f"{rounds * b.completions:,} completions, {rounds * b.max_generated_tokens:,} generated tokens")
     if b.prompts % dp:
         warnings.append(f"data.prompts_per_step ({b.prompts}) does not divide by DP ({dp}): ranks get unequal shares")
     if b.trained % dp == 0 and (b.trained // dp) % mbs:
