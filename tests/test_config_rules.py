@@ -88,9 +88,11 @@ def test_each_feature_is_one_switch_in_every_recipe(recipe, switch):
 
 
 def test_dry_run_shows_the_dynamic_sampling_worst_case():
-    from nemo_igrpo.trainer.plan import describe_plan
+    from nemo_igrpo.trainer.plan import build_plan, describe_plan
 
     recipe = Path(__file__).resolve().parents[1] / "conf" / "orn7b_acereason_igrpo.yaml"
-    assert "dynamic sampling" not in describe_plan(load_config(recipe), 16)
-    text = describe_plan(load_config(recipe, ["algorithm.dynamic_sampling.enabled=true"]), 16)
-    assert "dynamic sampling          up to 3 extra round(s): at most 4,096 completions, 16,777,216 generated" in text
+    assert "# dynamic sampling" not in describe_plan(build_plan(load_config(recipe), 16, inspect=False))
+    text = describe_plan(build_plan(load_config(recipe, ["algorithm.dynamic_sampling.enabled=true"]), 16,
+                                    inspect=False))
+    assert ("per step                  up to 3 extra round(s) of 128 prompts: at most 4,096 completions, "
+            "16,777,216 generated tokens") in text
