@@ -14,7 +14,8 @@ round robin, so every rank runs the same optimizer step on its share of one glob
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+import logging
+from typing import Any, Callable
 
 from nemo_igrpo.algorithms.config import AlgorithmConfig
 from nemo_igrpo.algorithms.dynamic_sampling import has_signal, needs_another_round, select_groups
@@ -22,7 +23,7 @@ from nemo_igrpo.algorithms.igrpo import RolloutBudget
 from nemo_igrpo.data.sampler import PromptSampler
 from nemo_igrpo.trainer.rollout import Group, RolloutWorker, StepRollouts, rollout_metrics
 
-T = TypeVar("T")
+log = logging.getLogger("nemo_igrpo.trainer")
 
 
 def collect_step_rollouts(step: int, worker: RolloutWorker | None, sampler: PromptSampler, prompts_per_step: int,
@@ -59,6 +60,10 @@ def collect_step_rollouts(step: int, worker: RolloutWorker | None, sampler: Prom
             break
 
     selection = select_groups(flags, target=prompts_per_step, min_groups=dp_size)
+    if selection.bound_reached and dp_rank == 0 and worker is not None:
+        log.warning("step %d: dynamic sampling found %d of %d groups with a signal in %d round(s) "
+                    "(algorithm.dynamic_sampling.max_extra_rounds=%d); training on those", step,
+                    len(selection.trained), prompts_per_step, rounds, ds.max_extra_rounds)
     wanted = set(selection.batch)
     chosen: dict[tuple[int, int, int], Group] = {}
     for part in gather({k: g for k, g in local.items() if k in wanted}):

@@ -149,19 +149,21 @@ def test_refills_with_informative_groups_and_accounts_for_every_token(tokenizer,
 
 
 @pytest.mark.parametrize("refinement", [False, True], ids=["grpo", "igrpo"])
-def test_the_round_bound_trains_on_what_there_is(tokenizer, refinement):
+def test_the_round_bound_trains_on_what_there_is(tokenizer, refinement, caplog):
     kinds = ["easy", "hard"] * 10 + ["mixed"] + ["easy", "hard"] * 10
     data = records(kinds)
     alg = algorithm(refinement, rounds=2)
     w = worker(alg, tokenizer)
     sampler = PromptSampler(data, seed=0)
-    out = collect(w, sampler, step=3, per_step=4, alg=alg)
+    with caplog.at_level("WARNING", logger="nemo_igrpo.trainer"):
+        out = collect(w, sampler, step=3, per_step=4, alg=alg)
     ref = PromptSampler(data, seed=0)
     used = [r for _ in range(3) for r in ref.next_batch(4)]
     mixed = [r.problem for r in used if r.problem.endswith("mixed")]
     assert out.metrics["dynamic_sampling/rounds"] == 3.0 and out.metrics["dynamic_sampling/bound_reached"] == 1.0
     assert trained_problems(w, out) == mixed  # never an error: the step trains on the groups it found
     assert out.metrics["dynamic_sampling/trained_groups"] == len(mixed)
+    assert f"step 3: dynamic sampling found {len(mixed)} of 4 groups with a signal in 3 round(s)" in caplog.text
 
 
 def test_accuracy_not_the_total_reward_decides(tokenizer):
