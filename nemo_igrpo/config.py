@@ -129,7 +129,7 @@ def validate(cfg: Config) -> None:
     _choice("reward.grading.extraction", gr.extraction, ["boxed", "full"])
     _positive("reward.grading.batch_budget_s_per_answer", gr.batch_budget_s_per_answer, allow_zero=True)
     _positive("reward.grading.batch_budget_min_s", gr.batch_budget_min_s, allow_zero=True)
-    if not gr.hung_worker_s > cfg.reward.timeout_s:
+    if gr.hung_worker_s is not None and not gr.hung_worker_s > cfg.reward.timeout_s:
         raise ConfigError(f"config key 'reward.grading.hung_worker_s': must be > reward.timeout_s "
                           f"({cfg.reward.timeout_s}), got {gr.hung_worker_s}")
     j = cfg.reward.judge

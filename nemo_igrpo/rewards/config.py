@@ -47,8 +47,8 @@ class GradingConfig:
     batch_budget_min_s: float = 30.0
     # Wall-clock seconds after which a worker that has not answered is killed and its item scores 0. Only a guard
     # against a worker hung without using CPU (per-item limits count CPU time, so machine load cannot trigger them);
-    # must exceed RewardConfig.timeout_s.
-    hung_worker_s: float = 60.0
+    # must exceed RewardConfig.timeout_s. null (default): the larger of 60 s and 10 x timeout_s.
+    hung_worker_s: float | None = None
 
 
 @dataclass

@@ -53,6 +53,10 @@ if TYPE_CHECKING:
 EXTRACTION_MODES = ("boxed", "full")
 # CPU seconds past the soft per-item limit after which the kernel ends the worker (its hard limit, see _worker.py).
 HARD_CPU_GRACE_S = 0.5
+# Default wall-clock guard against a hung worker: this many per-item limits, and at least this many seconds (so that
+# an item that meets its CPU limit on a machine loaded ten times over is never killed by the wall clock).
+HUNG_WORKER_TIMEOUTS = 10
+HUNG_WORKER_MIN_S = 60.0
 # Most CPU seconds an item can use before the kernel ends its worker (the soft limit, the grace, the kernel's 1 s
 # rounding); an item whose worker was killed is charged this much against the batch budget.
 HARD_CPU_LIMIT_EXTRA_S = HARD_CPU_GRACE_S + 1.0
@@ -213,8 +217,8 @@ class MathGrader:
     ``extraction``: ``"boxed"`` grades the last run of ``\\boxed{}`` (or the last ``<answer>`` tag) and scores a
     response without one 0; ``"full"`` lets math-verify extract the final answer from the whole response. Limits
     (module docstring): ``timeout_s`` CPU seconds per item, ``batch_budget_s_per_answer`` (0: no budget) and
-    ``batch_budget_min_s`` CPU seconds per ``grade`` call, ``hung_worker_s`` wall seconds for a worker that makes no
-    progress. A pathological item scores 0 and counts as a timeout or a rejection; the batch goes on. Use as a
+    ``batch_budget_min_s`` CPU seconds per ``grade`` call, ``hung_worker_s`` wall seconds for a worker that does not
+    answer (None: the larger of ``HUNG_WORKER_MIN_S`` and ``HUNG_WORKER_TIMEOUTS`` per-item limits). A pathological item scores 0 and counts as a timeout or a rejection; the batch goes on. Use as a
     context manager or call ``close()``; workers are also killed when the grader is garbage-collected or the
     interpreter exits.
     """
@@ -222,7 +226,7 @@ class MathGrader:
     def __init__(self, num_workers: int = 2, timeout_s: float = 5.0, memory_mb: int = 4096,
                  max_answer_chars: int = MAX_ANSWER_CHARS, extraction: str = "boxed",
                  batch_budget_s_per_answer: float = 0.25, batch_budget_min_s: float = 30.0,
-                 hung_worker_s: float = 60.0) -> None:
+                 hung_worker_s: float | None = None) -> None:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if not timeout_s > 0:
@@ -231,6 +235,8 @@ class MathGrader:
             raise ValueError(f"extraction must be one of {list(EXTRACTION_MODES)}, got {extraction!r}")
         if batch_budget_s_per_answer < 0 or batch_budget_min_s < 0:
             raise ValueError("batch_budget_s_per_answer and batch_budget_min_s must be >= 0")
+        if hung_worker_s is None:
+            hung_worker_s = max(HUNG_WORKER_MIN_S, HUNG_WORKER_TIMEOUTS * timeout_s)
         if not hung_worker_s > timeout_s:
             raise ValueError(f"hung_worker_s ({hung_worker_s}) must be > timeout_s ({timeout_s})")
         self.num_workers = num_workers
@@ -321,7 +327,7 @@ class MathGrader:
                 reason = pathological_reason(answer)
             if gold_rejected is not None or reason is not None:
                 what = f"gold answer rejected: {gold_rejected}" if gold_rejected else f"answer rejected: {reason}"
-                results[i] = GradeResult(0.0, answer, False, what)
+                results[i] = GradeResult(0.0, extracted[i], False, what)
                 self.stats.rejected += 1
                 continue
             if not full and _PLAIN_INT.fullmatch(answer) and _PLAIN_INT.fullmatch(gold):
@@ -337,11 +343,12 @@ class MathGrader:
             v = verdicts[idx]
             answer = v.get("extracted") if full else extracted[i]
             results[i] = GradeResult(v["score"], answer, v["timed_out"], v["error"], v.get("over_budget", False))
+            # A parser failure or a dead worker: a 0 that is neither a wrong answer nor a timeout.
+            self.stats.errors += v["error"] is not None and not v["timed_out"]
         done: list[GradeResult] = results  # type: ignore[assignment]
         self.stats.items += len(done)
         self.stats.timeouts += sum(r.timed_out for r in done)
         self.stats.over_budget += sum(r.over_budget for r in done)
-        self.stats.errors += sum(r.error is not None and r.extracted is not None and not r.timed_out for r in done)
         return done
 
     def parseable(self, answers: Sequence[str]) -> list[bool]:
