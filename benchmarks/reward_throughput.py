@@ -28,7 +28,13 @@ import platform
 import random
 import time
 
+from nemo_igrpo.rewards.extract import extract_answer
 from nemo_igrpo.rewards.math_grader import MathGrader
+
+try:  # absent before the pre-check existed; the script also measures that code for the before/after table
+    from nemo_igrpo.rewards.precheck import pathological_reason
+except ImportError:
+    pathological_reason = None
 
 # Answers that are wrapped in $...$ before parsing by the grader; the math-verify baseline gets the same strings.
 _WRAP = "${}$"
@@ -118,6 +124,33 @@ def math_verify_cost(golds: list[str], answers: list[str]) -> dict:
     return {"ms_per_answer": round(1000 * wall / n, 3), "cpu_ms_per_answer": round(1000 * cpu / n, 3)}
 
 
+def breakdown(batch: tuple[list[str], list[str], list[str]]) -> dict:
+    """Where the time per answer goes, each part timed alone in this process (ms per answer): the parent's
+    extraction, pre-check and JSON encoding/decoding of one request and reply, and math-verify's parse of the golds
+    (once per distinct gold) and of the answers with verify."""
+    from math_verify import parse, verify
+
+    responses, golds, answers = batch
+    n = len(responses)
+
+    def timed(fn) -> float:
+        t0 = time.process_time()
+        fn()
+        return round(1000 * (time.process_time() - t0) / n, 4)
+
+    out = {"extract": timed(lambda: [extract_answer(r) for r in responses]),
+           "precheck": timed(lambda: [pathological_reason(a) for a in answers]) if pathological_reason else None,
+           "json": timed(lambda: [json.loads(json.dumps({"op": "grade", "pred": a, "gold": g})) and json.loads(
+               json.dumps({"score": 1.0, "timed_out": False, "error": None, "cpu": 0.001})) for a, g in zip(answers, golds)])}
+    logging.disable(logging.WARNING)
+    parsed: dict[str, list] = {}
+    out["parse_gold"] = timed(lambda: [parsed.setdefault(g, parse(_WRAP.format(g))) for g in golds if g not in parsed])
+    out["parse_answer_verify"] = timed(lambda: [verify(parsed[g], parse(_WRAP.format(a))) for a, g in zip(answers, golds)])
+    logging.disable(logging.NOTSET)
+    out["distinct_golds"] = len(parsed)
+    return out
+
+
 def pool_cost(batch: tuple[list[str], list[str], list[str]], workers: int, timeout_s: float) -> dict:
     """Grade one batch on ``workers`` warmed-up workers; cost per answer and counters."""
     responses, golds, _ = batch
@@ -156,8 +189,10 @@ def main() -> None:
     # Warm math-verify in this process as the workers warm up (a different batch, same shapes).
     warm = distinct_batch(40, seed=99)
     math_verify_cost(warm[1], warm[2])
-    rows = []
+    rows, parts = [], {}
     for name, batch in workloads.items():
+        if name != "towers":
+            parts[name] = breakdown(batch)
         base = math_verify_cost(batch[1], batch[2]) if name != "towers" else None
         for workers in (1, 2):
             row = {"workload": name, **pool_cost(batch, workers, args.timeout)}
@@ -174,10 +209,13 @@ def main() -> None:
               f"{r['ms_per_answer_per_worker']:>9} {r.get('math_verify_ms_per_answer', '-'):>9} "
               f"{r.get('ratio_wall', '-'):>6} {r.get('ratio_cpu', '-'):>9} {r['worker_requests']:>5} "
               f"{r['fast_path']:>5} {r['rejected']:>4} {r['timeouts']:>8}")
+    print("where the time goes (ms per answer, each part alone in one process):")
+    for name, part in parts.items():
+        print(f"  {name:>8}: " + ", ".join(f"{k} {v}" for k, v in part.items()))
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine(), "loadavg_at_end": os.getloadavg(), "timeout_s": args.timeout}
     with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+        json.dump({"meta": meta, "rows": rows, "breakdown": parts}, fh, indent=2)
     print(json.dumps(meta))
 
 

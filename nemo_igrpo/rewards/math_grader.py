@@ -62,7 +62,7 @@ HUNG_WORKER_MIN_S = 60.0
 HARD_CPU_LIMIT_EXTRA_S = HARD_CPU_GRACE_S + 1.0
 # Plain integers (no sign but "-", no separators, at most 15 digits): math-verify's verdict for two of them is exact
 # integer equality, which the parent computes without a round trip.
-_PLAIN_INT = re.compile(r"-?\d{1,15}")
+_PLAIN_INT = re.compile(r"-?[0-9]{1,15}")  # ASCII digits only: int() also reads other scripts
 # A fresh worker must import math-verify and warm up within this time (generous: the machine may be oversubscribed).
 START_TIMEOUT_S = 120.0
 # After this many worker start failures in a row, the environment is broken (e.g. math-verify missing): raise.

@@ -180,3 +180,15 @@ def test_close_kills_workers():
 ])
 def test_is_parseable_answer(answer, ok):
     assert is_parseable_answer(answer) is ok
+
+
+def test_integer_fast_path_agrees_with_math_verify(grader):
+    """Two plain integers are compared in the parent; the verdict must be math-verify's own for the same pair."""
+    pairs = [("7", "007"), ("0", "-0"), ("10", "010"), ("123456789012345", "123456789012345"),
+             ("123456789012345", "123456789012346"), ("5", "-5"), ("100", "1000"), ("12", "21"), ("3", "\u0663")]
+    before = grader.stats.fast_path
+    fast = grader.grade([f"\\boxed{{{a}}}" for _, a in pairs], [g for g, _ in pairs])
+    assert grader.stats.fast_path - before == len(pairs) - 1  # not the Arabic-Indic digit: math-verify decides it
+    reference = grader._run([{"op": "grade", "pred": a, "gold": g} for g, a in pairs])
+    assert [r.score for r in fast] == [v["score"] for v in reference]
+    assert [r.score for r in fast][:5] == [1.0, 1.0, 1.0, 1.0, 0.0]
