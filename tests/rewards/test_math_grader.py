@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -192,3 +193,58 @@ def test_integer_fast_path_agrees_with_math_verify(grader):
     reference = grader._run([{"op": "grade", "pred": a, "gold": g} for g, a in pairs])
     assert [r.score for r in fast] == [v["score"] for v in reference]
     assert [r.score for r in fast][:5] == [1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def _expanded(n, rotate, wrong_at=None):
+    """(x+1)^n written out, terms rotated by ``rotate`` (distinct strings); with ``wrong_at`` one coefficient is off
+    by one (a wrong answer)."""
+    from math import comb
+    terms = [f"{comb(n, k) + (k == wrong_at)}x^{{{k}}}" if k else "1" for k in range(n, -1, -1)]
+    return " + ".join(terms[rotate:] + terms[:rotate])
+
+
+# One gold, distinct answers that each take math-verify ~0.1-0.2 s of CPU (symbolic expansion), right and wrong.
+SAME_GOLD = [pair for r in range(8) for pair in ((_expanded(9, r), 1.0), (_expanded(9, r, wrong_at=r + 1), 0.0))]
+
+
+def test_items_of_a_dead_several_item_request_are_retried_alone():
+    """Items of one gold go to a worker several at a time; if that worker dies, which item was running is unknown,
+    so every item of the request is graded again alone, and every verdict is still right."""
+    with MathGrader(num_workers=1, timeout_s=20.0) as g:
+        g.parseable(["1"])
+        killer = threading.Timer(0.4, lambda: os.kill(g._workers[0].proc.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            r = g.grade([f"\\boxed{{{a}}}" for a, _ in SAME_GOLD], ["(x+1)^{9}"] * len(SAME_GOLD))
+        finally:
+            killer.cancel()
+        assert [x.score for x in r] == [want for _, want in SAME_GOLD], [(x.score, x.error) for x in r]
+        assert g.stats.worker_restarts == 1
+        assert len({a for a, _ in SAME_GOLD}) == len(SAME_GOLD)
+        assert g.stats.worker_requests > len(SAME_GOLD) + 1  # some items were sent twice
+
+
+def test_several_item_request_stops_at_its_cpu_cap():
+    """The worker answers a several-item request for a prefix once the prefix has used ``cap_s`` CPU seconds."""
+    proc = subprocess.Popen([sys.executable, "-m", "nemo_igrpo.rewards._worker", "5.0", "0", "0.5"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        reqs = [{"op": "grade", "pred": a, "gold": "(x+1)^{9}"} for a, _ in SAME_GOLD[:4]]
+        for cap, n in ((0.0, 1), (1e9, 4)):
+            proc.stdin.write((json.dumps({"op": "batch", "reqs": reqs, "cap_s": cap}) + "\n").encode())
+            proc.stdin.flush()
+            replies = json.loads(proc.stdout.readline())["replies"]
+            assert [r["score"] for r in replies] == [want for _, want in SAME_GOLD[:n]]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unrun_items_of_a_capped_request_are_sent_again():
+    with MathGrader(num_workers=1, timeout_s=20.0) as g:
+        g.parseable(["1"])
+        g.timeout_s = 1e-9  # the request cap (not the workers' own limit): every request returns after one item
+        r = g.grade([f"\\boxed{{{a}}}" for a, _ in SAME_GOLD], ["(x+1)^{9}"] * len(SAME_GOLD))
+        assert [x.score for x in r] == [want for _, want in SAME_GOLD], [(x.score, x.error) for x in r]
+        assert g.stats.worker_requests > 2 * len(SAME_GOLD)
