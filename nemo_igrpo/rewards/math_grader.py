@@ -25,7 +25,7 @@ Limits, none of which depends on how loaded the machine is (a verdict must not f
 cores): each item may use ``timeout_s`` CPU seconds (soft, in the worker) and a little more (hard, the kernel kills
 the worker); the whole batch may use ``batch_budget_s_per_answer`` CPU seconds per answer sent to the workers (at
 least ``batch_budget_min_s``): once it is spent no new item starts, and the items left score 0 and are counted as
-``over_budget`` (in flight items finish within their own limits). A wall-clock limit (``hung_worker_s``) is kept only
+``over_budget`` (items in flight finish within their own limits). A wall-clock limit (``hung_worker_s``) is kept only
 as the last guard against a worker that is hung without using CPU.
 """
 
@@ -62,11 +62,11 @@ HUNG_WORKER_MIN_S = 60.0
 # Most CPU seconds an item can use before the kernel ends its worker (the soft limit, the grace, the kernel's 1 s
 # rounding); an item whose worker was killed is charged this much against the batch budget.
 HARD_CPU_LIMIT_EXTRA_S = HARD_CPU_GRACE_S + 1.0
-# Plain integers (no sign but "-", no separators, at most 15 digits): math-verify's verdict for two of them is exact
-# integer equality, which the parent computes without a round trip.
 # Most items of one gold sent in one request (one round trip; a worker's reply wakes this process once for all).
 MAX_ITEMS_PER_REQUEST = 8
-_PLAIN_INT = re.compile(r"-?[0-9]{1,15}")  # ASCII digits only: int() also reads other scripts
+# Plain integers (no sign but "-", no separators, at most 15 ASCII digits: int() also reads other scripts):
+# math-verify's verdict for two of them is exact integer equality, which the parent computes without a round trip.
+_PLAIN_INT = re.compile(r"-?[0-9]{1,15}")
 # A fresh worker must import math-verify and warm up within this time (generous: the machine may be oversubscribed).
 START_TIMEOUT_S = 120.0
 # After this many worker start failures in a row, the environment is broken (e.g. math-verify missing): raise.
@@ -97,7 +97,7 @@ class GraderStats:
     rejected: int = 0  # pathological answers or golds scored 0 before math-verify
     over_budget: int = 0  # items left ungraded because the batch budget was spent
     fast_path: int = 0  # pairs of plain integers compared in the parent
-    worker_requests: int = 0  # requests sent to workers (unique pairs), retries included
+    worker_requests: int = 0  # items sent to workers (unique pairs), items sent again included
     worker_cpu_s: float = 0.0  # CPU seconds the workers reported for those requests
 
 
