@@ -13,8 +13,8 @@ fd 1 itself is pointed at stderr so that a stray ``print`` in a library cannot c
            extracts its final answer itself; the reply also has "extracted" (the text it found, or null)
   request  {"op": "parseable", "gold": str}                    -> {"score": 1.0 if parseable else 0.0, ...}
   request  {"op": "batch", "reqs": [request, ...], "cap_s": s} -> {"replies": [reply, ...]}: the requests in order,
-           each under its own limits, stopping once they have used ``cap_s`` CPU seconds together (the replies
-           then cover a prefix; the parent sends the rest again). One reply line per request line.
+           each under its own limits, stopping once they have used ``cap_s`` CPU seconds together or one has timed
+           out (the replies then cover a prefix; the parent sends the rest again). One reply line per request line.
 The first line written is {"ready": true}, after imports and a warm-up grade, so that the parent's limits never pay
 for interpreter start-up.
 
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> int:
             for item in req["reqs"]:
                 replies.append(_handle(grader, item, timeout_s, hard_grace_s))
                 used += replies[-1]["cpu"]
-                if used >= float(req.get("cap_s", math.inf)):
+                if used >= float(req.get("cap_s", math.inf)) or replies[-1]["timed_out"]:
                     break
             out.write(json.dumps({"replies": replies}) + "\n")
         else:

@@ -25,7 +25,7 @@ Limits, none of which depends on how loaded the machine is (a verdict must not f
 cores): each item may use ``timeout_s`` CPU seconds (soft, in the worker) and a little more (hard, the kernel kills
 the worker); the whole batch may use ``batch_budget_s_per_answer`` CPU seconds per answer sent to the workers (at
 least ``batch_budget_min_s``): once it is spent no new item starts, and the items left score 0 and are counted as
-``over_budget`` (items in flight finish within their own limits). A wall-clock limit (``hung_worker_s``) is kept only
+``over_budget`` (requests in flight finish: at most about two per-item limits each). A wall-clock limit (``hung_worker_s``) is kept only
 as the last guard against a worker that is hung without using CPU.
 """
 
@@ -460,9 +460,11 @@ class MathGrader:
         if len(tasks) == 1:
             msg = run.reqs[tasks[0]]
         else:
-            # The worker stops after about one per-item limit of CPU and returns the rest unrun: a request in flight
-            # when the batch budget runs out costs no more than a single item would.
-            msg = {"op": "batch", "reqs": [run.reqs[t] for t in tasks], "cap_s": self.timeout_s}
+            # The worker returns the rest unrun once the request has used one per-item limit of CPU (or what is left
+            # of the batch budget, if less) or an item timed out: a request in flight when the budget runs out costs
+            # at most about two items' limits.
+            cap = max(0.0, min(self.timeout_s, run.budget - self._spent))
+            msg = {"op": "batch", "reqs": [run.reqs[t] for t in tasks], "cap_s": cap}
         if not w.send(msg):
             self._worker_died(w, run)
 
