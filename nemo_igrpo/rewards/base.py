@@ -59,6 +59,8 @@ class Scores:
     extracted: list[str | None] | None = None
     # Responses whose scoring hit a time limit (scored 0).
     timeouts: int = 0
+    # Of the timeouts, responses left unscored because the batch's budget was spent.
+    over_budget: int = 0
 
 
 class Reward(abc.ABC):

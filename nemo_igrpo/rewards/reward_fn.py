@@ -25,6 +25,8 @@ class RewardOutput:
     components: dict[str, list[float]] = field(default_factory=dict)
     extracted: list[str | None] = field(default_factory=list)
     timeouts: int = 0
+    # Of the timeouts, responses left ungraded because the batch's grading budget was spent.
+    over_budget: int = 0
 
 
 class RewardFunction:
@@ -74,19 +76,21 @@ class RewardFunction:
         n = len(samples)
         components: dict[str, list[float]] = {}
         extracted: list[str | None] | None = None
-        timeouts = 0
+        timeouts = over_budget = 0
         for name, component in self.components.items():
             scores = component.score(samples)
             if len(scores.values) != n:
                 raise ValueError(f"reward '{name}' returned {len(scores.values)} scores for {n} responses")
             components[name] = [float(v) for v in scores.values]
             timeouts += scores.timeouts
+            over_budget += scores.over_budget
             if extracted is None and scores.extracted is not None:
                 extracted = list(scores.extracted)
         if extracted is None:
             extracted = [extract_answer(r) for r in responses]
         total = [sum(self.weights[k] * components[k][i] for k in components) for i in range(n)]
-        return RewardOutput(total=total, components=components, extracted=extracted, timeouts=timeouts)
+        return RewardOutput(total=total, components=components, extracted=extracted, timeouts=timeouts,
+                            over_budget=over_budget)
 
     def close(self) -> None:
         """Stop the components' workers and threads."""
