@@ -106,6 +106,9 @@ def validate(cfg: Config) -> None:
     _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
     if a.dual_clip_c is not None and a.dual_clip_c <= 1:
         raise ConfigError(f"config key 'algorithm.dual_clip_c': must be > 1 (or null), got {a.dual_clip_c}")
+    _positive("algorithm.num_mini_batches", a.num_mini_batches)
+    _positive("algorithm.num_update_epochs", a.num_update_epochs)
+    _validate_mismatch(cfg)
     r = a.refinement
     _choice("algorithm.refinement.tie_break", r.tie_break, ["first", "shortest"])
     if r.enabled:
@@ -156,3 +159,26 @@ def validate(cfg: Config) -> None:
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+
+
+def _validate_mismatch(cfg: Config) -> None:
+    from nemo_igrpo.algorithms.mismatch import check_mismatch_config
+
+    m = cfg.algorithm.mismatch
+    try:
+        check_mismatch_config(m)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise ConfigError(f"config key 'algorithm.mismatch.{key}': {msg}") from None
+    if m.mode == "none":
+        return
+    # The generator then reports log-probs renormalised over the kept tokens, not pi_gen's: the weights are biased.
+    g = cfg.generation
+    if g.top_p < 1:
+        raise ConfigError(f"config key 'generation.top_p': {g.top_p} < 1 is refused with algorithm.mismatch.mode="
+                          f"{m.mode}: the generator's log-probs are then renormalised over the nucleus, which biases "
+                          "the importance weights; use top_p 1 or mode none")
+    if g.top_k > 0:
+        raise ConfigError(f"config key 'generation.top_k': {g.top_k} is refused with algorithm.mismatch.mode={m.mode}: "
+                          "the generator's log-probs are then renormalised over the top-k tokens, which biases the "
+                          "importance weights; use top_k -1 or mode none")
