@@ -10,6 +10,7 @@ weight), reduced with 1/|o_i| over all response tokens (masked tokens included) 
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,3 +193,18 @@ def test_truncated_sampling_is_refused_with_the_correction(key, value, mode):
 def test_bad_options_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+PAPER_RECIPES = sorted(p for p in (Path(__file__).resolve().parents[2] / "conf").glob("*.yaml")
+                       if not p.name.startswith("demo_"))
+
+
+@pytest.mark.parametrize("path", PAPER_RECIPES, ids=lambda p: p.name)
+@pytest.mark.parametrize("mode", ["tis", "mis"])
+def test_each_paper_recipe_documents_the_switch_and_accepts_it(path, mode, monkeypatch):
+    for var in ("MODEL_DIR", "DATA_DIR", "RESULTS_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert "\n  mismatch:\n" in path.read_text()  # the option is written out (and commented) in the recipe
+    assert load_config(path).algorithm.mismatch.mode == "none"  # off, as in the paper
+    cfg = load_config(path, [f"algorithm.mismatch.mode={mode}"])
+    assert cfg.generation.top_p == 1.0 and cfg.generation.top_k <= 0

@@ -198,6 +198,17 @@ def features(work: str, b, policy, export, save_tensors, metrics: dict) -> None:
     resumed.load_checkpoint(ckpt)
     ref_resumed = resumed.get_reference_logprobs(ids)
     lp_resumed, _ = resumed.get_logprobs(ids)
+    from common import tiny_hf_model
+
+    other_dir = os.path.join(work, "hf_other")
+    tiny_hf_model(seed=1).save_pretrained(other_dir)
+    other = policy(8, model_path=other_dir)  # same architecture, other initial weights
+    other.keep_reference()
+    try:
+        other.load_checkpoint(ckpt)
+        metrics["other_reference"] = "accepted"
+    except ValueError as err:
+        metrics["other_reference"] = str(err)
     late = policy(8)
     late.load_checkpoint(ckpt)
     try:

@@ -86,6 +86,8 @@ def test_reference_policy_is_the_initial_weights_also_after_resume(work):
     assert not torch.allclose(t["lp2"], fresh, atol=1e-4)
     assert torch.equal(t["lp_resumed"], t["lp2"])
     assert "initial weights" in metrics(work, "features")["keep_after_load"]
+    # A resume whose model_path holds other weights would silently change the reference: refused.
+    assert "KL reference" in metrics(work, "features")["other_reference"]
 
 
 def test_entropy_reaches_only_a_loss_that_declares_it(work):

@@ -99,8 +99,9 @@ class MegatronPolicy(PolicyInterface):
     (norm weights), as in Megatron.
     """
 
-    # The frozen KL reference (``keep_reference``); set before any update or checkpoint load, or never.
+    # The frozen KL reference (``keep_reference``) and its fingerprint; set before any update or checkpoint load.
     _reference = None
+    _reference_fingerprint: str | None = None
     _loaded_checkpoint = False
 
     def __init__(self, cfg: PolicyConfig, layout, hf_config, temperature: float, total_steps: int,
@@ -302,9 +303,11 @@ class MegatronPolicy(PolicyInterface):
         """Freeze this rank's shards of the current weights as the KL reference (see ``backends.policy.reference``).
 
         Refused after an update or a checkpoint load: the reference must be the run's initial weights, which a
-        resumed run gets by calling this on the freshly built policy before ``load_checkpoint``. Not collective.
+        resumed run gets by calling this on the freshly built policy before ``load_checkpoint``. Checkpoints record
+        the reference's fingerprint and ``load_checkpoint`` refuses one written with another reference (a resume
+        may point ``policy.model_path`` at a new directory; its weights must be the same). Collective.
         """
-        from nemo_igrpo.backends.policy.reference import ReferenceWeights
+        from nemo_igrpo.backends.policy.reference import ReferenceWeights, weights_fingerprint
 
         if self._reference is not None:
             raise RuntimeError("keep_reference: a reference policy is already kept")
@@ -312,6 +315,7 @@ class MegatronPolicy(PolicyInterface):
             raise RuntimeError("keep_reference: the policy was already trained or loaded from a checkpoint; the "
                                "reference must be the initial weights, so keep it right after construction")
         self._reference = ReferenceWeights(self.chunks, offload=offload)
+        self._reference_fingerprint = weights_fingerprint(self.export_hf_weights())
         log.info("reference policy kept (%.1f MiB on this rank, %s)", self._reference.num_bytes / 2**20,
                  "CPU memory" if offload else str(self.device))
 
@@ -546,6 +550,7 @@ class MegatronPolicy(PolicyInterface):
             "pp": self.layout.pp_size,
             "has_optimizer": has_opt,
             "distributed_optimizer": self.use_distributed_optimizer,
+            "reference_fingerprint": self._reference_fingerprint,
         }
         if (not dist.is_initialized() or dist.get_rank() == 0):
             os.makedirs(path, exist_ok=True)
@@ -567,6 +572,11 @@ class MegatronPolicy(PolicyInterface):
         pmeta = common.get("policy_meta", {})
         if pmeta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a policy checkpoint of format {CHECKPOINT_FORMAT} (got {pmeta!r})")
+        saved_reference = pmeta.get("reference_fingerprint")
+        if self._reference is not None and saved_reference is not None \
+                and saved_reference != self._reference_fingerprint:
+            raise ValueError(f"{path}: written by a run whose KL reference (its initial weights) differs from this "
+                             "run's (policy.model_path holds other weights); a resumed run must keep its reference")
         world = dist.get_world_size() if dist.is_initialized() else 1
         same_world = pmeta.get("world_size") == world
         with_opt = load_optimizer and bool(pmeta.get("has_optimizer"))

@@ -1,0 +1,93 @@
+"""`igrpo train` at demo size with the GRPO-family training features all on: a KL penalty to the frozen reference
+(kept in CPU memory), the training-vs-generation mismatch correction, and 2 mini-batches x 2 epochs of optimizer
+updates per step. iGRPO and GRPO; finite metrics, the LR schedule counting updates, and a resume that reproduces
+the uninterrupted run (its KL reference must be the initial weights, not the checkpoint's)."""
+
+import json
+import math
+import shutil
+
+import pytest
+
+from trainer_cli_helpers import igrpo_train_cmd, run_train
+
+pytestmark = pytest.mark.slow
+
+FEATURES = ("algorithm.kl_coef=0.05", "policy.reference_offload=true", "algorithm.num_mini_batches=2",
+            "algorithm.num_update_epochs=2", "policy.optimizer.warmup_ratio=0.0")
+UPDATES_PER_STEP = 4
+LR, MIN_LR_RATIO = 1e-3, 0.1  # trainer_cli_helpers' lr and the demo recipe's floor
+
+
+def read_metrics(run_dir):
+    return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+
+
+def scheduled_lr(update: int, total_updates: int) -> float:
+    """The cosine schedule without warmup at (1-based) update ``update``."""
+    return LR * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * update / total_updates)))
+
+
+def assert_finite(rows):
+    for row in rows:
+        for key, value in row.items():
+            assert isinstance(value, (int, float)) and math.isfinite(value), (row["step"], key, value)
+
+
+@pytest.fixture(scope="module")
+def igrpo_run(warm_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features") / "run"
+    proc = run_train(igrpo_train_cmd(warm_model, out, *FEATURES, "algorithm.mismatch.mode=tis",
+                                     "trainer.max_steps=3", "trainer.save_every=2"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_igrpo_with_every_training_feature_on(igrpo_run):
+    rows = read_metrics(igrpo_run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert_finite(rows)
+    for r in rows:
+        assert r["skipped"] == 0.0
+        assert r["sequences/stage1"] == 4 and r["sequences/stage2"] == 4  # iGRPO: drafts and refinements
+        # The reference's log-probs reached the loss; later updates of a step moved the policy away from it.
+        assert r["kl"] > 0 and "time/ref_logprob" in r
+        # HF generation in fp32 samples from exactly the policy: the mismatch is rounding, the weights 1.
+        assert r["mismatch/kl"] < 1e-6 and r["mismatch/truncated_fraction"] == 0.0
+        assert r["mismatch/weight_mean"] == pytest.approx(1.0, abs=1e-3)
+        # The schedule counts optimizer updates: step s ends with update 4 s of 12 (a per-step count would have
+        # reached the floor after step 1's first update... and reported it).
+        assert r["lr"] == pytest.approx(scheduled_lr(UPDATES_PER_STEP * r["step"], UPDATES_PER_STEP * 3), rel=1e-6)
+    assert rows[0]["lr"] > LR * MIN_LR_RATIO * 1.5
+
+
+def test_resume_reproduces_the_run_with_the_initial_reference(igrpo_run, warm_model, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(igrpo_run, out)
+    shutil.rmtree(out / "checkpoints" / "step_000003")  # as if killed during step 3
+    shutil.rmtree(out / "hf")
+    proc = run_train(igrpo_train_cmd(warm_model, out, *FEATURES, "algorithm.mismatch.mode=tis",
+                                     "trainer.max_steps=3", "trainer.save_every=2", "trainer.resume=true"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr
+    got, want = read_metrics(out), read_metrics(igrpo_run)
+    assert [r["step"] for r in got] == [1, 2, 3]
+    a = {k: v for k, v in got[2].items() if not k.startswith("time/")}
+    b = {k: v for k, v in want[2].items() if not k.startswith("time/")}
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_grpo_with_every_training_feature_on(warm_model, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(igrpo_train_cmd(warm_model, out, *FEATURES, "algorithm.refinement.enabled=false",
+                                     "algorithm.mismatch.mode=mis", "algorithm.mismatch.mis_level=sequence",
+                                     "trainer.max_steps=2", "trainer.save_every=0"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert_finite(rows)
+    for r in rows:
+        assert r["sequences/stage2"] == 8 and r["sequences/stage1"] == 0  # GRPO: K single-shot rollouts
+        assert r["kl"] > 0 and r["mismatch/masked_fraction"] == 0.0 and r["mismatch/masked_sequences"] == 0.0
