@@ -87,6 +87,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks the types cannot express: allowed names, ranges and cross-field rules."""
+    from nemo_igrpo.algorithms.igrpo import check_template
     from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
     a = cfg.algorithm
@@ -116,9 +117,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'algorithm.refinement.num_drafts': must be in [1, group_size - 1] = [1, {a.group_size - 1}]"
                 f" so that N drafts + G refinements = group_size ({a.group_size}); got {r.num_drafts}")
-        for placeholder in ("{problem}", "{draft}"):
-            if placeholder not in r.template:
-                raise ConfigError(f"config key 'algorithm.refinement.template': must contain {placeholder}")
+        try:
+            check_template(r.template)
+        except ValueError as err:
+            raise ConfigError(f"config key 'algorithm.refinement.template': {err}") from None
         _positive("algorithm.refinement.max_draft_tokens", r.max_draft_tokens)
     for name, weight in cfg.reward.weights.items():
         _choice("reward.weights", name, ["accuracy", "format", "judge"])

@@ -62,6 +62,37 @@ def test_grpo_twin_differs_only_in_the_refinement_switch(stem):
     assert igrpo["algorithm.group_size"] == grpo["algorithm.group_size"]
 
 
+@pytest.mark.parametrize("stem", TWINS)
+def test_grpo_twin_is_asked_what_igrpo_stage2_is_asked(stem):
+    """The resolved prompts of the twins: GRPO's trained prompt q, iGRPO's Stage-1 prompt (= q) and Stage-2 prompt
+    q' = Concat(q, d) built by the code the rollout worker runs. q' must hold q whole (system message and the user
+    message with its instruction), so both recipes ask for the same answer format and are graded alike."""
+    from nemo_igrpo.algorithms.igrpo import build_refinement_messages
+    from nemo_igrpo.data.prompts import build_messages
+
+    igrpo, grpo = load_config(CONF / f"{stem}_igrpo.yaml"), load_config(CONF / f"{stem}_grpo.yaml")
+    problem, draft = "Find $x$ if $2x + 3 = 7$.", "We get $x = 2$, so \\boxed{2}."
+
+    def single_shot(cfg):
+        return build_messages(problem, cfg.data.system_prompt, cfg.data.instruction)
+
+    q = single_shot(grpo)
+    assert single_shot(igrpo) == q  # Stage 1 = GRPO's prompt
+    q_prime = build_refinement_messages(single_shot(igrpo), [ord(c) for c in draft],
+                                        lambda ids: "".join(map(chr, ids)), igrpo.algorithm.refinement)
+    assert q_prime[:-1] == q[:-1]  # the same system message (or none)
+    assert q_prime[-1]["role"] == "user"
+    assert q[-1]["content"] in q_prime[-1]["content"] and draft in q_prime[-1]["content"]
+    assert igrpo.reward == grpo.reward  # graded by the same reward, format included
+
+
+@pytest.mark.parametrize("variant", ["igrpo", "grpo"])
+def test_r1_distill_recipes_know_the_template_opens_think(variant):
+    # The R1-Distill chat template ends the generation prompt with "<think>\n"; without the flag the format reward
+    # would require a second <think> and score every response 0.
+    assert load_config(CONF / f"r1distill7b_math_{variant}.yaml").reward.think_opened_in_prompt
+
+
 @pytest.mark.parametrize("stem", PAPER)
 @pytest.mark.parametrize("variant", ["igrpo", "grpo"])
 def test_paper_values(stem, variant):
