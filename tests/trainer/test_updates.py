@@ -117,3 +117,24 @@ def test_combined_metrics():
 def test_updates_per_step_counts_mini_batches_times_epochs():
     assert updates_per_step(AlgorithmConfig()) == 1
     assert updates_per_step(AlgorithmConfig(num_mini_batches=4, num_update_epochs=2)) == 8
+
+
+def test_dry_run_shows_the_updates_the_reference_and_the_correction():
+    from nemo_igrpo.config import load_config
+    from nemo_igrpo.trainer.plan import build_plan, describe_plan
+
+    cfg = load_config("conf/demo_grpo.yaml", ["algorithm.num_mini_batches=4", "algorithm.num_update_epochs=2",
+                                              "algorithm.kl_coef=0.02", "policy.reference_offload=true",
+                                              "algorithm.mismatch.mode=mis", "trainer.max_steps=10"])
+    plan = build_plan(cfg, world_size=2, inspect=False)
+    out = describe_plan(plan)
+    assert "updates per step          8 = 4 mini-batch(es)" in out
+    assert "about 16 per DP rank (64 per step / 4)" in out  # 16 prompts x 8 rollouts / DP 2
+    assert "10 steps x 8 = 80 optimizer updates" in out
+    assert "kl_coef 0.02 (k3)" in out and "CPU memory" in out
+    assert "MIS at token level, ratios outside [0.5, 2.0] dropped" in out
+    assert not plan.problems
+
+    too_many = build_plan(load_config("conf/demo_grpo.yaml", ["algorithm.num_mini_batches=65"]), 2, inspect=False)
+    assert "algorithm.num_mini_batches: 65 exceeds the 64 rollouts" in describe_plan(too_many)
+    assert [p.where for p in too_many.problems] == ["algorithm.num_mini_batches"]
