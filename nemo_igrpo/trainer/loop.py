@@ -33,7 +33,7 @@ from nemo_igrpo.trainer.data import load_prompt_splits
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
 from nemo_igrpo.trainer.stop_signals import StepAbandoned, StopSignals
-from nemo_igrpo.trainer.updates import run_updates, updates_per_step
+from nemo_igrpo.trainer.updates import run_updates, too_many_mini_batches, updates_per_step
 
 log = logging.getLogger("nemo_igrpo.trainer")
 
@@ -87,9 +87,9 @@ class Trainer:
         self.total_steps = cfg.trainer.max_steps or steps_per_epoch * cfg.data.num_epochs
         self.sampler = PromptSampler(self.train_records, seed=cfg.data.seed)
         rows_per_rank = per_step // self.layout.dp_size * RolloutBudget.from_config(cfg.algorithm).num_refinements
-        if cfg.algorithm.num_mini_batches > rows_per_rank:
-            raise ConfigError(f"config key 'algorithm.num_mini_batches': {cfg.algorithm.num_mini_batches} exceeds the "
-                              f"{rows_per_rank} rollouts each data-parallel rank trains on per step")
+        problem = too_many_mini_batches(cfg.algorithm.num_mini_batches, rows_per_rank)
+        if problem:
+            raise ConfigError(f"config key 'algorithm.num_mini_batches': {problem}")
 
         self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
         # The LR schedule counts optimizer updates, several per step with mini-batches or update epochs.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from nemo_igrpo.trainer.updates import too_many_mini_batches
+
 if TYPE_CHECKING:
     from nemo_igrpo.trainer.plan import Plan
 
@@ -19,9 +21,9 @@ def training_section(plan: Plan) -> list[str]:
     if plan.budget is not None:
         rows = plan.budget.trained // dp
         lines.append(f"rollouts per update       about {rows / m:g} per DP rank ({rows} per step / {m})")
-        if m > rows:
-            plan.problem("algorithm.num_mini_batches", f"{m} exceeds the {rows} rollouts each data-parallel rank "
-                         "trains on per step")
+        problem = too_many_mini_batches(m, rows)
+        if problem:
+            plan.problem("algorithm.num_mini_batches", problem)
     if plan.total_steps:
         lines.append(f"LR schedule               {plan.total_steps:,} steps x {m * e} = {plan.total_steps * m * e:,} "
                      "optimizer updates")

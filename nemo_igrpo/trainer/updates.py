@@ -21,14 +21,22 @@ def updates_per_step(cfg: AlgorithmConfig) -> int:
     return cfg.num_mini_batches * cfg.num_update_epochs
 
 
+def too_many_mini_batches(num_mini_batches: int, rows_per_rank: int) -> str | None:
+    """Why ``num_mini_batches`` cannot split ``rows_per_rank`` rollouts (every mini-batch needs one), or None."""
+    if num_mini_batches <= rows_per_rank:
+        return None
+    return (f"{num_mini_batches} exceeds the {rows_per_rank} rollouts each data-parallel rank trains on per step "
+            "(every mini-batch needs at least one)")
+
+
 def mini_batch_rows(num_rows: int, num_mini_batches: int, seed: int) -> list[slice | torch.Tensor]:
     """Row indices of each mini-batch of one epoch: a seeded permutation cut into ``num_mini_batches`` parts whose
     sizes differ by at most one row. A single mini-batch is the whole batch in its own order."""
     if num_mini_batches == 1:
         return [slice(None)]
-    if num_rows < num_mini_batches:
-        raise ValueError(f"algorithm.num_mini_batches={num_mini_batches} exceeds the {num_rows} rollouts this "
-                         "data-parallel rank trains on in this step; every mini-batch needs at least one")
+    problem = too_many_mini_batches(num_mini_batches, num_rows)
+    if problem:
+        raise ValueError(f"algorithm.num_mini_batches: {problem}")
     order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
     return list(torch.tensor_split(order, num_mini_batches))
 

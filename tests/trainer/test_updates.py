@@ -90,7 +90,7 @@ def test_epochs_without_mini_batches_repeat_the_whole_batch():
 
 
 def test_more_mini_batches_than_rows_is_a_clear_error():
-    with pytest.raises(ValueError, match="num_mini_batches=9 exceeds the 8 rollouts"):
+    with pytest.raises(ValueError, match="num_mini_batches: 9 exceeds the 8 rollouts"):
         run_updates(RecordingPolicy(), _batch(), loss_fn=None, num_mini_batches=9, num_epochs=1, seed=0)
 
 
