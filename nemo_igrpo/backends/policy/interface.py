@@ -55,7 +55,8 @@ class PolicyInterface(abc.ABC):
         """Freeze a copy of the current weights as the reference policy of a KL penalty, sharded like the policy.
 
         Call it once, right after construction and before ``load_checkpoint``: the reference is the run's initial
-        weights, also in a resumed run. ``offload`` keeps the copy in CPU memory between uses."""
+        weights, also in a resumed run (a checkpoint written with another reference is refused). ``offload`` keeps
+        the copy in CPU memory between uses. Collective."""
 
     @abc.abstractmethod
     def get_reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
