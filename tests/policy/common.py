@@ -26,11 +26,11 @@ def policy_config(model_path: str, micro_batch_size: int = 8, tp: int = 1, pp: i
                         optimizer=OptimizerConfig(**optimizer_kwargs()))
 
 
-def make_loss():
+def make_loss(**algorithm):
     from nemo_igrpo.algorithms.config import AlgorithmConfig
     from nemo_igrpo.algorithms.losses import make_policy_loss
 
-    return make_policy_loss(AlgorithmConfig(), max_response_tokens=LENGTH)
+    return make_policy_loss(AlgorithmConfig(**algorithm), max_response_tokens=LENGTH)
 
 
 def tiny_hf_model(seed: int = 0) -> transformers.LlamaForCausalLM:
@@ -91,27 +91,43 @@ def prepare_work(work: str) -> None:
 
 def reference_step(work: str):
     """HF Llama + torch AdamW + the same loss, one step on batch 1: (weights, loss, grad norm, lr)."""
+    weights, losses, norms, lrs = reference_updates(work, [(load(work, "batch1"), slice(None), None)])
+    return weights, losses[0], norms[0], lrs[0]
+
+
+def reference_updates(work: str, updates: list):
+    """HF Llama + torch AdamW from WORK/hf: one optimizer update per ``(batch, rows, loss_fn)`` of ``updates``
+    (``batch`` a dict of TrainBatch fields, ``rows`` its row indices, ``loss_fn`` None for ``make_loss()``), the loss
+    normalised over those rows and the LR schedule's value at that update. Returns (weights, losses, norms, lrs)."""
     import math
     import os
 
-    from safetensors.torch import load_file
-
     model = transformers.LlamaForCausalLM.from_pretrained(os.path.join(work, "hf"), dtype=torch.float32)
-    b = load_file(os.path.join(work, "batch1.safetensors"))
     o = optimizer_kwargs()
-    # Update 1 uses the schedule at step 1: no warmup here, cosine over TOTAL_STEPS.
-    lr = o["lr"] * (o["min_lr_ratio"] + (1 - o["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi / TOTAL_STEPS)))
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]  # megatron: no weight decay on norms/biases
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(o["adam_beta1"], o["adam_beta2"]), eps=o["adam_eps"])
-    loss, _ = make_loss()(logprobs=hf_logprobs_grad(model, b["input_ids"], TEMPERATURE),
-                          old_logprobs=b["old_logprobs"], advantages=b["advantages"], mask=b["loss_mask"])
-    loss.backward()
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
-    opt.step()
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, float(loss.detach()), float(norm), lr)
+                            lr=o["lr"], betas=(o["adam_beta1"], o["adam_beta2"]), eps=o["adam_eps"])
+    losses, norms, lrs = [], [], []
+    for k, (batch, rows, loss_fn) in enumerate(updates, start=1):
+        # Update k uses the schedule at step k: no warmup here, cosine over TOTAL_STEPS.
+        lr = o["lr"] * (o["min_lr_ratio"] + (1 - o["min_lr_ratio"]) * 0.5 * (1 + math.cos(math.pi * k / TOTAL_STEPS)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad()
+        part = {key: (None if batch.get(key) is None else batch[key][rows])
+                for key in ("input_ids", "loss_mask", "advantages", "old_logprobs", "ref_logprobs", "is_weights")}
+        loss, _ = (loss_fn or make_loss())(hf_logprobs_grad(model, part["input_ids"], TEMPERATURE),
+                                           part["old_logprobs"], part["advantages"], part["loss_mask"],
+                                           ref_logprobs=part["ref_logprobs"], is_weights=part["is_weights"])
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
+        opt.step()
+        losses.append(float(loss.detach()))
+        norms.append(float(norm))
+        lrs.append(lr)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses, norms, lrs
 
 
 def load(work: str, name: str) -> dict[str, torch.Tensor]:

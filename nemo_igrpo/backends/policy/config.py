@@ -44,4 +44,7 @@ class PolicyConfig:
     logprob_micro_batch_size: int = 0
     # Recompute activations in the backward pass to save memory (Megatron "full" recompute).
     activation_checkpointing: bool = False
+    # With a KL penalty (algorithm.kl_coef > 0): keep the frozen reference policy's weights in CPU memory between uses
+    # instead of on the device (one model copy of device memory saved, two host-device copies per step spent).
+    reference_offload: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

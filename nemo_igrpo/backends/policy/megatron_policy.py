@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from nemo_igrpo.backends.policy.config import PolicyConfig
 from nemo_igrpo.backends.policy.interface import LossFn, PolicyInterface
-from nemo_igrpo.batch import TrainBatch
+from nemo_igrpo.batch import LossNormalizer, TrainBatch
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ class MegatronPolicy(PolicyInterface):
     then cosine to ``min_lr_ratio * lr`` at step ``total``. Weight decay is not applied to biases and 1-D parameters
     (norm weights), as in Megatron.
     """
+
+    # The frozen KL reference (``keep_reference``) and its fingerprint; set before any update or checkpoint load.
+    _reference = None
+    _reference_fingerprint: str | None = None
+    _loaded_checkpoint = False
 
     def __init__(self, cfg: PolicyConfig, layout, hf_config, temperature: float, total_steps: int,
                  hf_state_dict: dict[str, torch.Tensor] | None = None) -> None:
@@ -293,6 +298,36 @@ class MegatronPolicy(PolicyInterface):
                 dist.broadcast(ent, src=self._pp_last_rank(), group=self._pp_group())
         return lp.cpu(), (ent.cpu() if ent is not None else None)
 
+    # ------------------------------------------------------------------------------------------ reference policy
+    def keep_reference(self, offload: bool = False) -> None:
+        """Freeze this rank's shards of the current weights as the KL reference (see ``backends.policy.reference``).
+
+        Refused after an update or a checkpoint load: the reference must be the run's initial weights, which a
+        resumed run gets by calling this on the freshly built policy before ``load_checkpoint``. Checkpoints record
+        the reference's fingerprint and ``load_checkpoint`` refuses one written with another reference (a resume
+        may point ``policy.model_path`` at a new directory; its weights must be the same). Collective.
+        """
+        from nemo_igrpo.backends.policy.reference import ReferenceWeights, weights_fingerprint
+
+        if self._reference is not None:
+            raise RuntimeError("keep_reference: a reference policy is already kept")
+        if self.num_updates > 0 or self._loaded_checkpoint:
+            raise RuntimeError("keep_reference: the policy was already trained or loaded from a checkpoint; the "
+                               "reference must be the initial weights, so keep it right after construction")
+        self._reference = ReferenceWeights(self.chunks, offload=offload)
+        self._reference_fingerprint = weights_fingerprint(self.export_hf_weights())
+        log.info("reference policy kept (%.1f MiB on this rank, %s)", self._reference.num_bytes / 2**20,
+                 "CPU memory" if offload else str(self.device))
+
+    def get_reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``get_logprobs`` with the reference weights swapped in; the policy's weights are restored bit for bit.
+        Collective, like ``get_logprobs``."""
+        if self._reference is None:
+            raise RuntimeError("get_reference_logprobs: no reference policy; call keep_reference() first")
+        with self._reference.swapped_in():
+            logprobs, _ = self.get_logprobs(input_ids)
+        return logprobs
+
     # --------------------------------------------------------------------------------------------------- training
     def train(self, batch: TrainBatch, loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step over this DP rank's ``batch``, micro-batched by ``cfg.micro_batch_size``. Collective.
@@ -302,8 +337,6 @@ class MegatronPolicy(PolicyInterface):
         clipping), ``lr`` (used by this update), ``skipped`` (1.0 when a non-finite loss or gradient norm skipped
         the update: gradients are dropped and neither the optimizer nor the schedule advance).
         """
-        from nemo_igrpo.algorithms.losses import LossNormalizer
-
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
@@ -329,6 +362,7 @@ class MegatronPolicy(PolicyInterface):
                 "old_logprobs": mb.old_logprobs.to(self.device, dtype=torch.float32),
                 "ref_logprobs": (None if mb.ref_logprobs is None
                                  else mb.ref_logprobs.to(self.device, dtype=torch.float32)),
+                "is_weights": (None if mb.is_weights is None else mb.is_weights.to(self.device, dtype=torch.float32)),
             })
         # Megatron divides each micro-batch loss by the number of micro-batches and DDP averages gradients over DP.
         scale = float(len(data) * self.layout.dp_size)
@@ -365,12 +399,10 @@ class MegatronPolicy(PolicyInterface):
         from nemo_igrpo.backends.policy.logprobs import token_entropy, token_logprobs
 
         logprobs = token_logprobs(logits, mb["input_ids"], temperature)
-        entropy = None
-        if getattr(loss_fn, "needs_entropy", False):
-            entropy = token_entropy(logits, temperature)
-        loss, metrics = loss_fn(logprobs=logprobs, old_logprobs=mb["old_logprobs"], advantages=mb["advantages"],
-                                mask=mb["loss_mask"], ref_logprobs=mb["ref_logprobs"], entropy=entropy,
-                                normalizer=normalizer)
+        entropy = token_entropy(logits, temperature) if loss_fn.needs_entropy else None
+        loss, metrics = loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"],
+                                normalizer=normalizer, ref_logprobs=mb["ref_logprobs"], entropy=entropy,
+                                is_weights=mb["is_weights"])
         reported = {k: v.detach().float() for k, v in metrics.items()}
         reported["loss"] = loss.detach().float()
         if "num_tokens" not in reported:
@@ -518,6 +550,7 @@ class MegatronPolicy(PolicyInterface):
             "pp": self.layout.pp_size,
             "has_optimizer": has_opt,
             "distributed_optimizer": self.use_distributed_optimizer,
+            "reference_fingerprint": self._reference_fingerprint,
         }
         if (not dist.is_initialized() or dist.get_rank() == 0):
             os.makedirs(path, exist_ok=True)
@@ -539,6 +572,11 @@ class MegatronPolicy(PolicyInterface):
         pmeta = common.get("policy_meta", {})
         if pmeta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a policy checkpoint of format {CHECKPOINT_FORMAT} (got {pmeta!r})")
+        saved_reference = pmeta.get("reference_fingerprint")
+        if self._reference is not None and saved_reference is not None \
+                and saved_reference != self._reference_fingerprint:
+            raise ValueError(f"{path}: written by a run whose KL reference (its initial weights) differs from this "
+                             "run's (policy.model_path holds other weights); a resumed run must keep its reference")
         world = dist.get_world_size() if dist.is_initialized() else 1
         same_world = pmeta.get("world_size") == world
         with_opt = load_optimizer and bool(pmeta.get("has_optimizer"))
@@ -567,6 +605,7 @@ class MegatronPolicy(PolicyInterface):
         # Megatron's load_state_dict *adds* the saved step count to the current one.
         self.scheduler.num_steps = 0
         self.scheduler.load_state_dict(state["scheduler"])
+        self._loaded_checkpoint = True
         if same_world:
             _restore_rng_state(state["rng_state"])
         elif dist.is_initialized() and dist.get_rank() == 0:
