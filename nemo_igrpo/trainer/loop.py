@@ -70,7 +70,7 @@ class Trainer:
 
         from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
         from nemo_igrpo.backends.policy.parallel import initialize_parallel
-        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
+        from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint
 
         self.cfg = cfg
         if not cfg.policy.model_path:
@@ -102,11 +102,12 @@ class Trainer:
         self.total_steps = cfg.trainer.max_steps or steps_per_epoch * cfg.data.num_epochs
         self.sampler = PromptSampler(self.train_records, seed=cfg.data.seed)
 
-        self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
+        # Memory-mapped: each rank reads only the slices of its own shard.
+        self.hf_config, hf_state = open_hf_checkpoint(cfg.policy.model_path)
         self.policy = MegatronPolicy(cfg.policy, self.layout, self.hf_config,
                                      temperature=cfg.generation.temperature, total_steps=self.total_steps,
                                      hf_state_dict=hf_state)
-        del hf_state
+        hf_state.close()
         self.loss_fn = make_policy_loss(cfg.algorithm, max_response_tokens=cfg.generation.max_new_tokens)
         # HF (CPU): the model-parallel source rank generates and broadcasts to its peers. vLLM (GPU): every rank
         # builds an engine and the ranks of a TP group form one vLLM TP group, generating in lockstep from the same

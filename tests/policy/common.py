@@ -1,4 +1,5 @@
-"""The tiny model, batch and hyper-parameters shared by the policy tests and their worker processes."""
+"""The tiny models (Llama and Nemotron-H), batches and hyper-parameters shared by the policy tests and their worker
+processes, and the single-process HF references they are compared with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import transformers
 TEMPERATURE = 0.7
 TOTAL_STEPS = 10
 SEQS, LENGTH = 8, 16
+# Nemotron-H rows are longer than its Mamba scan chunk (8) and the padded length is not a multiple of it, so the
+# scan runs over whole chunks, a chunk boundary inside a sequence and a partial last chunk.
+NH_LENGTH = 21
+NH_CHUNK = 8
 
 
 def optimizer_kwargs() -> dict:
@@ -33,7 +38,10 @@ def make_loss():
     return make_policy_loss(AlgorithmConfig(), max_response_tokens=LENGTH)
 
 
-def tiny_hf_model(seed: int = 0) -> transformers.LlamaForCausalLM:
+def tiny_hf_model(seed: int = 0, family: str = "llama"):
+    """The tiny HF model of a family (``llama`` or ``nemotron_h``), fp32, with non-trivial weights."""
+    if family == "nemotron_h":
+        return tiny_nemotron_h(seed)
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
                                       max_position_embeddings=64, rope_theta=10000.0, tie_word_embeddings=False)
@@ -46,14 +54,43 @@ def tiny_hf_model(seed: int = 0) -> transformers.LlamaForCausalLM:
     return model
 
 
-def make_batch(seed: int) -> dict[str, torch.Tensor]:
+def nemotron_h_config() -> transformers.NemotronHConfig:
+    """Mamba, attention, Mamba, MLP ("M*M-"): with PP=2 each stage has a Mamba layer, the first the attention
+    layer, the second the MLP. 8 Mamba heads in 2 groups and 2 KV heads: TP=2 gives each rank whole heads and groups,
+    and a plain chunk of in_proj/conv1d would hand it the wrong parts."""
+    return transformers.NemotronHConfig(
+        vocab_size=128, hidden_size=64, hybrid_override_pattern="M*M-", num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=96, ssm_state_size=8, mamba_num_heads=8, mamba_head_dim=8, n_groups=2,
+        conv_kernel=4, chunk_size=NH_CHUNK, max_position_embeddings=64, layer_norm_epsilon=1e-5,
+        tie_word_embeddings=False)
+
+
+def tiny_nemotron_h(seed: int = 0) -> transformers.NemotronHForCausalLM:
+    torch.manual_seed(seed)
+    model = transformers.NemotronHForCausalLM(nemotron_h_config()).float()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("dt_bias"):
+                # Step sizes softplus(dt + dt_bias) well above HF's time_step_min (1e-3), where HF clamps them and
+                # megatron-core (like vLLM) does not: the two models agree only above it (docs/nemotron_h.md).
+                p.uniform_(-1.0, 1.0)
+            else:
+                p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def hf_model_class(family: str):
+    return transformers.NemotronHForCausalLM if family == "nemotron_h" else transformers.LlamaForCausalLM
+
+
+def make_batch(seed: int, length: int = LENGTH) -> dict[str, torch.Tensor]:
     """Prompt + response rows of different lengths, right-padded with 0; old log-probs are filled by the test."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.zeros(SEQS, LENGTH, dtype=torch.long)
-    mask = torch.zeros(SEQS, LENGTH)
+    ids = torch.zeros(SEQS, length, dtype=torch.long)
+    mask = torch.zeros(SEQS, length)
     for i in range(SEQS):
         prompt = int(torch.randint(2, 6, (1,), generator=g))
-        total = int(torch.randint(prompt + 2, LENGTH + 1, (1,), generator=g))
+        total = int(torch.randint(prompt + 2, length + 1, (1,), generator=g))
         ids[i, :total] = torch.randint(1, 128, (total,), generator=g)
         mask[i, prompt:total] = 1.0
     adv = torch.randn(SEQS, generator=g)
@@ -72,16 +109,16 @@ def hf_logprobs_grad(model, ids: torch.Tensor, temperature: float = TEMPERATURE)
 
 
 # ------------------------------------------------------------------------------------------ test-process helpers
-def prepare_work(work: str) -> None:
+def prepare_work(work: str, family: str = "llama") -> None:
     """Write the tiny HF model (WORK/hf) and two batches with off-policy old log-probs (WORK/batch{1,2})."""
     import os
 
     from safetensors.torch import save_file
 
-    model = tiny_hf_model()
+    model = tiny_hf_model(family=family)
     model.save_pretrained(os.path.join(work, "hf"))
     for i in (1, 2):
-        b = make_batch(i)
+        b = make_batch(i, NH_LENGTH if family == "nemotron_h" else LENGTH)
         lp = hf_logprobs(model, b["input_ids"])
         noise = torch.randn(lp.shape, generator=torch.Generator().manual_seed(100 + i))
         # Off-policy old log-probs so that ratios differ from 1 and the clip is exercised.
@@ -89,14 +126,34 @@ def prepare_work(work: str) -> None:
         save_file(b, os.path.join(work, f"batch{i}.safetensors"))
 
 
-def reference_step(work: str):
-    """HF Llama + torch AdamW + the same loss, one step on batch 1: (weights, loss, grad norm, lr)."""
+def _reference_loss(model, b):
+    loss, _ = make_loss()(logprobs=hf_logprobs_grad(model, b["input_ids"], TEMPERATURE),
+                          old_logprobs=b["old_logprobs"], advantages=b["advantages"], mask=b["loss_mask"])
+    return loss
+
+
+def reference_grads(work: str, family: str = "llama") -> tuple[dict[str, torch.Tensor], float]:
+    """HF gradients of the step-1 loss (batch 1, initial weights) by HF parameter name, and the loss."""
+    import os
+
+    from safetensors.torch import load_file
+
+    model = hf_model_class(family).from_pretrained(os.path.join(work, "hf"), dtype=torch.float32)
+    model.train()
+    loss = _reference_loss(model, load_file(os.path.join(work, "batch1.safetensors")))
+    loss.backward()
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters()}, float(loss.detach())
+
+
+def reference_step(work: str, family: str = "llama"):
+    """HF model + torch AdamW + the same loss, one step on batch 1: (weights, loss, grad norm, lr)."""
     import math
     import os
 
     from safetensors.torch import load_file
 
-    model = transformers.LlamaForCausalLM.from_pretrained(os.path.join(work, "hf"), dtype=torch.float32)
+    model = hf_model_class(family).from_pretrained(os.path.join(work, "hf"), dtype=torch.float32)
+    model.train()
     b = load_file(os.path.join(work, "batch1.safetensors"))
     o = optimizer_kwargs()
     # Update 1 uses the schedule at step 1: no warmup here, cosine over TOTAL_STEPS.
@@ -106,8 +163,7 @@ def reference_step(work: str):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=lr, betas=(o["adam_beta1"], o["adam_beta2"]), eps=o["adam_eps"])
-    loss, _ = make_loss()(logprobs=hf_logprobs_grad(model, b["input_ids"], TEMPERATURE),
-                          old_logprobs=b["old_logprobs"], advantages=b["advantages"], mask=b["loss_mask"])
+    loss = _reference_loss(model, b)
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), o["clip_grad"])
     opt.step()

@@ -42,6 +42,16 @@ def filter_logits(scaled: torch.Tensor, top_p: float = 1.0, top_k: int = -1) -> 
     return out
 
 
+def _on_disk_aliases(config, names) -> dict[str, str]:
+    """On-disk HF name -> this module's name, where transformers renames weights when loading them."""
+    from nemo_igrpo.backends.conversion import get_mapping, supported_model_types
+
+    if getattr(config, "model_type", None) not in supported_model_types():
+        return {}
+    canonical = get_mapping(config.model_type).canonical_hf_name
+    return {canonical(n): n for n in names if canonical(n) != n}
+
+
 class HFGenerator(GenerationInterface):
     """``GenerationInterface`` on a transformers causal LM.
 
@@ -163,14 +173,17 @@ class HFGenerator(GenerationInterface):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model in place, by Hugging Face parameter name.
 
-        Tied weights are one tensor reachable under both names (``lm_head.weight`` and
+        Names are the model's own or the on-disk ones (Nemotron-H: ``backbone.`` in files and in the policy's export,
+        ``model.`` in a transformers 5 module). Tied weights are one tensor reachable under both names (``lm_head.weight`` and
         ``model.embed_tokens.weight``), so either name updates both. An unknown name or a shape mismatch raises before
         that tensor is copied (tensors earlier in the stream are already in place: the stream may be a generator that
         never holds the whole model).
         """
         targets = self.model.state_dict(keep_vars=True)
+        aliases = _on_disk_aliases(self.model.config, targets)
         with torch.no_grad():
             for name, tensor in named_tensors:
+                name = aliases.get(name, name)
                 if name not in targets:
                     raise KeyError(f"update_weights: the model has no parameter named {name!r}")
                 target = targets[name]
