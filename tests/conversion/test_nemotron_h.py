@@ -141,6 +141,20 @@ def test_cli_round_trip_bit_identical(hf_dir, tmp_path):
     assert (hf_dir / "config.json").read_bytes() == (tmp_path / "hf" / "config.json").read_bytes()
 
 
+def test_dtype_cast_keeps_a_log_and_d_in_float32(hf_dir, tmp_path):
+    from nemo_igrpo.cli import main
+
+    assert main(["convert", "hf-to-megatron", "--hf", str(hf_dir), "--out", str(tmp_path / "mg")]) == 0
+    assert main(["convert", "megatron-to-hf", "--megatron", str(tmp_path / "mg"), "--hf-config", str(hf_dir),
+                 "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
+    src, out = load_file(str(hf_dir / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    for name, t in out.items():
+        if name.endswith(("mixer.A_log", "mixer.D")):
+            assert t.dtype == torch.float32 and torch.equal(t, src[name]), name
+        else:
+            assert t.dtype == torch.bfloat16, name
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA, mamba-ssm, causal-conv1d and TE")
 def test_logits_match_hf_on_gpu(hf_dir, tmp_path):

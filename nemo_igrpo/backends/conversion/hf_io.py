@@ -13,13 +13,16 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import save_file
 
+from nemo_igrpo.backends.conversion import keeps_fp32
+
 SHARD_BYTES = 4 * 1024**3
 
 
 def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Iterable[tuple[str, torch.Tensor]],
                        tokenizer: Any | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write ``out_dir`` as a loadable HF model directory; a crash mid-write leaves no ``out_dir`` (only
-    ``out_dir.partial``). Shards of at most 4 GiB with a ``model.safetensors.index.json`` when more than one."""
+    ``out_dir.partial``). Shards of at most 4 GiB with a ``model.safetensors.index.json`` when more than one.
+    ``dtype`` casts every tensor except float32 ``keeps_fp32`` ones (Mamba's A_log and D)."""
     out = Path(out_dir)
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
@@ -28,7 +31,10 @@ def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Itera
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for name, tensor in named_tensors:
-        t = tensor.detach().to("cpu", dtype=dtype or tensor.dtype).contiguous()
+        target = dtype or tensor.dtype
+        if keeps_fp32(name) and torch.float32 in (tensor.dtype, target):
+            target = torch.float32  # Mamba's A_log and D are never rounded to a lower precision
+        t = tensor.detach().to("cpu", dtype=target).contiguous()
         if size and size + t.numel() * t.element_size() > SHARD_BYTES:
             shards.append({})
             size = 0
