@@ -22,8 +22,8 @@ SFT_STEPS = 150
 
 
 def build_tiny_nemotron_h(out: Path, steps: int = SFT_STEPS, seed: int = 0) -> Path:
-    """The demo tokenizer and a tiny Nemotron-H ("M*M-") warm-started on the demo task's solutions, so that rewards
-    vary and a step has a gradient."""
+    """The demo tokenizer and a tiny Nemotron-H ("M*M-") warm-started on the demo task's prompts and solutions, so
+    that rewards vary between rollouts and steps have a gradient."""
     import transformers
 
     from nemo_igrpo.data.config import DataConfig
@@ -75,7 +75,9 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("nh_e2e")
     model = build_tiny_nemotron_h(root / "model")
     out = root / "run"
-    cmd = igrpo_train_cmd(model, out, "trainer.max_steps=3", "trainer.save_every=2")
+    # Completions long enough for the warm start's whole answer (so format rewards vary), 3 steps, a checkpoint at 2.
+    cmd = igrpo_train_cmd(model, out, "trainer.max_steps=3", "trainer.save_every=2", "generation.max_new_tokens=56",
+                          "algorithm.refinement.max_draft_tokens=56")
     first = run_train(cmd)
     assert first.returncode == 0, first.stderr[-3000:]
     uninterrupted = read_metrics(out)

@@ -117,6 +117,18 @@ def check_supported(hf_config) -> None:
         raise ValueError("Nemotron-H variant not supported: " + "; ".join(problems))
 
 
+def align_hf_model(model) -> None:
+    """Make a transformers ``NemotronHForCausalLM`` compute the step sizes of megatron-core and vLLM, in place.
+
+    transformers clamps ``dt = softplus(dt + dt_bias)`` at ``time_step_min`` (1e-3) in its chunked path (prefill,
+    full forwards) but not in its one-token decode path; megatron-core's Mamba mixer and vLLM never clamp. Unclamped,
+    HF generation agrees with the policy (and with its own full forward) wherever a step size is below 1e-3.
+    """
+    for module in model.modules():
+        if hasattr(module, "time_step_limit"):
+            module.time_step_limit = (0.0, float("inf"))
+
+
 def validate_parallel(hf_config, tp: int, pp: int) -> None:
     """ValueError unless the model splits over ``tp`` x ``pp`` the way megatron requires (checked before writing)."""
     d = mamba_dims(hf_config)

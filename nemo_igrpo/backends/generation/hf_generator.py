@@ -42,6 +42,18 @@ def filter_logits(scaled: torch.Tensor, top_p: float = 1.0, top_k: int = -1) -> 
     return out
 
 
+def _align_with_trainer(model) -> None:
+    """Where transformers' maths departs from the trainer's (megatron-core) and vLLM's, follow theirs: the mapping
+    module of the architecture knows how (Nemotron-H: no dt clamp, see ``nemotron_h.align_hf_model``)."""
+    from nemo_igrpo.backends.conversion import get_mapping, supported_model_types
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in supported_model_types():
+        align = getattr(get_mapping(model_type), "align_hf_model", None)
+        if align is not None:
+            align(model)
+
+
 def _on_disk_aliases(config, names) -> dict[str, str]:
     """On-disk HF name -> this module's name, where transformers renames weights when loading them."""
     from nemo_igrpo.backends.conversion import get_mapping, supported_model_types
@@ -56,7 +68,8 @@ class HFGenerator(GenerationInterface):
     """``GenerationInterface`` on a transformers causal LM.
 
     ``model``: a model directory (safetensors weights; ``trust_remote_code`` off unless asked) or a loaded
-    ``PreTrainedModel``, which is used as is (no copy), so a caller's in-place weight changes are seen too.
+    ``PreTrainedModel``, which is used as is (no copy), so a caller's in-place weight changes are seen too. A
+    Nemotron-H model is set to the trainer's step-size rule (no dt clamp; ``nemotron_h.align_hf_model``).
     Prompts are processed ``batch_size`` at a time, left-padded. Generation stops at ``sampling.stop_token_ids`` and
     always at the model's EOS ids (``eos_token_ids`` overrides them).
     """
@@ -77,6 +90,7 @@ class HFGenerator(GenerationInterface):
             )
         self.model = model
         self.model.eval()
+        _align_with_trainer(self.model)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
