@@ -31,6 +31,36 @@ def policy_config(model_path: str, micro_batch_size: int = 8, tp: int = 1, pp: i
                         optimizer=OptimizerConfig(**optimizer_kwargs()))
 
 
+def build_policy_checking_load(cfg, layout, hf_dir: str, full_load_check: bool = False):
+    """``MegatronPolicy`` from the memory-mapped HF directory, and what its loading did on this rank:
+    ``bytes_read`` against ``shard_bytes`` (the bytes of the parameters the rank holds; the HF files are fp32 like
+    the model) and, with ``full_load_check``, whether loading the whole state dict gives the same weights."""
+    import torch
+
+    from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint, read_hf_checkpoint
+    from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
+    from nemo_igrpo.backends.policy.weights import load_hf_state_dict
+
+    hf_config, tensors = open_hf_checkpoint(hf_dir)
+    policy = MegatronPolicy(cfg, layout, hf_config, TEMPERATURE, TOTAL_STEPS, hf_state_dict=tensors)
+    tensors.close()
+    params = [p for chunk in policy.chunks for p in chunk.parameters()]
+    info = {"bytes_read": tensors.bytes_read, "shard_bytes": sum(p.numel() * 4 for p in params)}
+    if full_load_check:
+        before = [p.detach().clone() for p in params]
+        load_hf_state_dict(policy.chunks, read_hf_checkpoint(hf_dir)[1], hf_config)
+        info["same_as_full_load"] = all(torch.equal(a, p) for a, p in zip(before, params))
+    return policy, info
+
+
+def assert_rank_read_only_its_shard(ranks: list[dict], total_bytes: int, sharded: bool) -> None:
+    for info in ranks:
+        assert info["same_as_full_load"]
+        assert info["bytes_read"] == info["shard_bytes"]
+        if sharded:
+            assert info["bytes_read"] < total_bytes
+
+
 def make_loss():
     from nemo_igrpo.algorithms.config import AlgorithmConfig
     from nemo_igrpo.algorithms.losses import make_policy_loss

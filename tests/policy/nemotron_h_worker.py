@@ -29,11 +29,10 @@ def run(name: str, work: str) -> None:
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
 
-    from common import TEMPERATURE, TOTAL_STEPS, make_loss, policy_config
-    from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint, read_hf_checkpoint
+    from common import build_policy_checking_load, make_loss, policy_config
     from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
     from nemo_igrpo.backends.policy.parallel import initialize_parallel
-    from nemo_igrpo.backends.policy.weights import export_hf_state_dict, load_hf_state_dict
+    from nemo_igrpo.backends.policy.weights import export_hf_state_dict
     from nemo_igrpo.batch import TrainBatch
 
     tp, pp = LAYOUTS[name]
@@ -55,17 +54,11 @@ def run(name: str, work: str) -> None:
 
     logging.getLogger("nemo_igrpo").addHandler(Capture(level=logging.WARNING))
 
-    def policy(mbs: int, **overrides) -> tuple[MegatronPolicy, dict]:
+    def policy(mbs: int, full_load_check: bool = False, **overrides) -> tuple[MegatronPolicy, dict]:
         cfg = policy_config(hf_dir, mbs, tp, pp)
         for k, v in overrides.items():
             setattr(cfg, k, v)
-        hf_config, tensors = open_hf_checkpoint(hf_dir)
-        p = MegatronPolicy(cfg, layout, hf_config, TEMPERATURE, TOTAL_STEPS, hf_state_dict=tensors)
-        params = [prm for chunk in p.chunks for prm in chunk.parameters()]
-        # What this rank holds (the HF checkpoint is fp32 like the model) against what it read.
-        info = {"bytes_read": tensors.bytes_read, "shard_bytes": sum(prm.numel() * 4 for prm in params)}
-        tensors.close()
-        return p, info
+        return build_policy_checking_load(cfg, layout, hf_dir, full_load_check)
 
     def export(p: MegatronPolicy, tag: str, select=None) -> None:
         kw = {} if select is None else {"select": select}
@@ -93,12 +86,7 @@ def run(name: str, work: str) -> None:
             p._clip = clip
 
     mbs = MICRO_BATCH[name]
-    a, load_info = policy(mbs)
-    # The full-state-dict path must give the same weights as the rank's memory-mapped slices.
-    before = [prm.detach().clone() for chunk in a.chunks for prm in chunk.parameters()]
-    load_hf_state_dict(a.chunks, read_hf_checkpoint(hf_dir)[1], a.hf_config)
-    load_info["same_as_full_load"] = all(torch.equal(x, prm) for x, prm in
-                                         zip(before, (q for chunk in a.chunks for q in chunk.parameters())))
+    a, load_info = policy(mbs, full_load_check=True)
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, load_info)
     metrics["load"] = gathered
