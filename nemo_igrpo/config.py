@@ -159,3 +159,4 @@ def validate(cfg: Config) -> None:
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+    _positive("trainer.preemption_grace_s", t.preemption_grace_s, allow_zero=True)

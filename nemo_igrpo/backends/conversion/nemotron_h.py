@@ -51,70 +51,23 @@ import torch
 
 from nemo_igrpo.backends.conversion.llama import split_qkv
 from nemo_igrpo.backends.conversion.sources import Source, join_all
+from nemo_igrpo.backends.policy.architecture import (ATTENTION, MAMBA, MLP, check_architecture, layer_pattern,
+                                                     mamba_dims)
 
-MAMBA, ATTENTION, MLP, MOE = "M", "*", "-", "E"
 _SKIP_SUFFIX = "._extra_state"
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
-# Megatron's gated RMSNorm in MambaMixer has eps hard-coded to 1e-5; HF uses layer_norm_epsilon for it.
-MEGATRON_MAMBA_NORM_EPS = 1e-5
-
 
 # ------------------------------------------------------------------------------------------------------------ config
-def layer_pattern(hf_config) -> str:
-    """The hybrid pattern string (one symbol per layer) from either config spelling."""
-    pattern = getattr(hf_config, "hybrid_override_pattern", None)
-    if not pattern:
-        kinds = getattr(hf_config, "layers_block_type", None) or getattr(hf_config, "layer_types", None)
-        if not kinds:
-            raise ValueError("Nemotron-H config has neither hybrid_override_pattern nor layers_block_type")
-        symbol = {"mamba": MAMBA, "linear_attention": MAMBA, "attention": ATTENTION, "full_attention": ATTENTION,
-                  "mlp": MLP, "moe": MOE}
-        unknown = sorted({k for k in kinds if k not in symbol})
-        if unknown:
-            raise ValueError(f"unknown Nemotron-H layer types {unknown}")
-        pattern = "".join(symbol[k] for k in kinds)
-    return str(pattern)
-
-
-def mamba_dims(hf_config) -> dict[str, int]:
-    """Mamba-2 sizes: heads, head dim, d_inner, groups, state size, conv kernel (HF attribute names resolved)."""
-    nheads = int(hf_config.mamba_num_heads)
-    headdim = int(hf_config.mamba_head_dim)
-    return {
-        "nheads": nheads,
-        "headdim": headdim,
-        "d_inner": nheads * headdim,
-        "ngroups": int(hf_config.n_groups),
-        "d_state": int(hf_config.ssm_state_size),
-        "d_conv": int(hf_config.conv_kernel),
-    }
-
-
 def check_supported(hf_config) -> None:
-    """ValueError for Nemotron-H variants that megatron's MambaModel cannot express or this mapping does not cover."""
-    pattern = layer_pattern(hf_config)
-    bad = sorted(set(pattern) - {MAMBA, ATTENTION, MLP})
-    if bad:
-        raise ValueError(f"hybrid_override_pattern {pattern!r} has layer kinds {bad} that are not supported "
-                         f"(supported: 'M' Mamba-2, '*' attention, '-' MLP; MoE 'E' is not)")
-    problems = []
-    if getattr(hf_config, "use_bias", False) or getattr(hf_config, "mamba_proj_bias", False):
-        problems.append("Mamba in/out projection bias (megatron's MambaMixer asserts bias=False)")
-    if not getattr(hf_config, "use_conv_bias", True):
-        problems.append("use_conv_bias=False (megatron's MambaMixer checkpoint layout needs the conv1d bias)")
-    if getattr(hf_config, "attention_bias", False):
-        problems.append("attention_bias=True")
-    if getattr(hf_config, "mlp_bias", False):
-        problems.append("mlp_bias=True")
-    if getattr(hf_config, "mlp_hidden_act", "relu2") != "relu2":
-        problems.append(f"mlp_hidden_act={hf_config.mlp_hidden_act!r} (only relu2, squared ReLU)")
-    if getattr(hf_config, "mamba_hidden_act", "silu") != "silu":
-        problems.append(f"mamba_hidden_act={hf_config.mamba_hidden_act!r} (only silu)")
-    if int(getattr(hf_config, "num_nextn_predict_layers", 0) or 0) > 0:
-        problems.append("multi-token-prediction layers (num_nextn_predict_layers > 0)")
-    if problems:
-        raise ValueError("Nemotron-H variant not supported: " + "; ".join(problems))
+    """``ArchitectureError`` (a ValueError) for Nemotron-H variants megatron's MambaModel cannot express or this
+    mapping does not cover; the rules are ``architecture.py``'s, shared with the trainer and the dry run."""
+    check_architecture(hf_config, 1, 1)
+
+
+def validate_parallel(hf_config, tp: int, pp: int) -> None:
+    """``ArchitectureError`` unless the model splits over ``tp`` x ``pp`` the way megatron requires."""
+    check_architecture(hf_config, tp, pp)
 
 
 def align_hf_model(model) -> None:
@@ -127,25 +80,6 @@ def align_hf_model(model) -> None:
     for module in model.modules():
         if hasattr(module, "time_step_limit"):
             module.time_step_limit = (0.0, float("inf"))
-
-
-def validate_parallel(hf_config, tp: int, pp: int) -> None:
-    """ValueError unless the model splits over ``tp`` x ``pp`` the way megatron requires (checked before writing)."""
-    d = mamba_dims(hf_config)
-    n_layers = len(layer_pattern(hf_config))
-    checks = [
-        ("vocab_size", int(hf_config.vocab_size), tp),
-        ("num_attention_heads", int(hf_config.num_attention_heads), tp),
-        ("num_key_value_heads", int(getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads), tp),
-        ("mamba_num_heads", d["nheads"], tp),
-        ("n_groups", d["ngroups"], tp),
-        ("intermediate_size", int(hf_config.intermediate_size), tp),
-        ("number of layers", n_layers, pp),
-    ]
-    for name, value, size in checks:
-        if value % size:
-            what = "pipeline_model_parallel_size" if name == "number of layers" else "tensor_model_parallel_size"
-            raise ValueError(f"{name}={value} is not divisible by {what}={size}")
 
 
 # ----------------------------------------------------------------------------------------------------------- mapping

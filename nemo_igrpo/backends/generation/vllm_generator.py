@@ -68,13 +68,13 @@ def is_hybrid_checkpoint(model_path: str) -> bool:
     """Whether the HF directory holds a hybrid Mamba model (Nemotron-H), from its config.json's model_type."""
     import json
 
-    from nemo_igrpo.backends.policy.model import HYBRID_MODEL_TYPES
+    from nemo_igrpo.backends.policy.architecture import is_hybrid
 
     config = os.path.join(model_path, "config.json")
     if not os.path.isfile(config):
         return False
     with open(config) as f:
-        return json.load(f).get("model_type") in HYBRID_MODEL_TYPES
+        return is_hybrid(json.load(f))
 
 
 def resolve_refit_mode(setting: str, model_path: str) -> str:
