@@ -1,6 +1,6 @@
-"""Nemotron-H's architecture rules (backends/policy/architecture.py), which the trainer and the login-node dry run share:
-the 8B checkpoint's config.json passes for the recipe's layout, every unsupported variant is reported at once with its
-key, and `igrpo train --dry-run` of the Nemotron-H recipes plans without a refusal."""
+"""Nemotron-H's architecture rules (backends/policy/architecture.py), shared by the trainer and the login-node dry
+run: the 8B checkpoint's config.json passes for the recipe's layout, every unsupported variant is reported at once
+with its key, and `igrpo train --dry-run` of the Nemotron-H recipes plans without a refusal."""
 
 from __future__ import annotations
 

@@ -98,7 +98,8 @@ def ignored_hf_name(name: str, hf_config) -> bool:
     return name.endswith("rotary_emb.inv_freq") or (tied(hf_config) and name == "lm_head.weight")
 
 
-def hf_to_megatron(hf_sd: dict[str, torch.Tensor], hf_config, transformer_engine: bool = False) -> dict[str, torch.Tensor]:
+def hf_to_megatron(hf_sd: dict[str, torch.Tensor], hf_config, transformer_engine: bool = False
+                   ) -> dict[str, torch.Tensor]:
     """HF Llama/Qwen2 state dict -> full Megatron GPTModel state dict (local-spec names, or TE names if asked).
 
     Raises KeyError naming the missing HF tensor, and ValueError for HF tensors left unmapped (so a silently

@@ -188,7 +188,9 @@ class HFGenerator(GenerationInterface):
         """Copy tensors into the model in place, by Hugging Face parameter name.
 
         Names are the model's own or the on-disk ones (Nemotron-H: ``backbone.`` in files and in the policy's export,
-        ``model.`` in a transformers 5 module). Tied weights are one tensor reachable under both names (``lm_head.weight`` and
+        ``model.`` in a transformers 5 module).
+
+        Tied weights are one tensor reachable under both names (``lm_head.weight`` and
         ``model.embed_tokens.weight``), so either name updates both. An unknown name or a shape mismatch raises before
         that tensor is copied (tensors earlier in the stream are already in place: the stream may be a generator that
         never holds the whole model).

@@ -202,8 +202,9 @@ def layer_pattern(cfg: Any) -> str:
 def mamba_dims(cfg: Any) -> dict[str, int]:
     """Mamba-2 sizes: heads, head dim, d_inner, groups, state size, conv kernel (HF key names resolved)."""
     nheads, headdim = int(field(cfg, "mamba_num_heads", 0)), int(field(cfg, "mamba_head_dim", 0))
-    return {"nheads": nheads, "headdim": headdim, "d_inner": nheads * headdim, "ngroups": int(field(cfg, "n_groups", 0)),
-            "d_state": int(field(cfg, "ssm_state_size", 0)), "d_conv": int(field(cfg, "conv_kernel", 0))}
+    return {"nheads": nheads, "headdim": headdim, "d_inner": nheads * headdim,
+            "ngroups": int(field(cfg, "n_groups", 0)), "d_state": int(field(cfg, "ssm_state_size", 0)),
+            "d_conv": int(field(cfg, "conv_kernel", 0))}
 
 
 @register(*HYBRID_MODEL_TYPES)
@@ -231,7 +232,8 @@ def _nemotron_h_rules(cfg: Any, tp: int, pp: int) -> list[str]:
          f"mlp_hidden_act={field(cfg, 'mlp_hidden_act')!r} (only relu2, squared ReLU)"),
         (field(cfg, "mamba_hidden_act", "silu") != "silu",
          f"mamba_hidden_act={field(cfg, 'mamba_hidden_act')!r} (only silu)"),
-        (int(field(cfg, "num_nextn_predict_layers", 0)) > 0, "multi-token-prediction layers (num_nextn_predict_layers > 0)"),
+        (int(field(cfg, "num_nextn_predict_layers", 0)) > 0,
+         "multi-token-prediction layers (num_nextn_predict_layers > 0)"),
         (field(cfg, "tie_word_embeddings", False), "tie_word_embeddings=True (Nemotron-H keeps lm_head separate)"),
         (float(field(cfg, "layer_norm_epsilon", 1e-5)) != MEGATRON_MAMBA_NORM_EPS,
          f"layer_norm_epsilon={field(cfg, 'layer_norm_epsilon')} (megatron's Mamba gated RMSNorm uses 1e-5, "
@@ -247,7 +249,8 @@ def _nemotron_h_rules(cfg: Any, tp: int, pp: int) -> list[str]:
               ("mamba_num_heads", d["nheads"], tp, TP_KEY), ("n_groups", d["ngroups"], tp, TP_KEY),
               ("intermediate_size", int(field(cfg, "intermediate_size", 0)), tp, TP_KEY),
               (f"the number of layers (hybrid_override_pattern {pattern!r})", len(pattern), pp, PP_KEY)]
-    problems += [f"{name}={value} is not divisible by {key}={size}" for name, value, size, key in splits if value % size]
+    problems += [f"{name}={value} is not divisible by {key}={size}"
+                 for name, value, size, key in splits if value % size]
     return problems
 
 
