@@ -152,6 +152,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'policy.optimizer.warmup_ratio': must be in [0, 1), got {p.optimizer.warmup_ratio}")
     g = cfg.generation
     _choice("generation.backend", g.backend, ["hf", "vllm"])
+    _choice("generation.vllm_refit", g.vllm_refit, ["auto", "layerwise", "load_weights"])
     _positive("generation.temperature", g.temperature)
     if not 0 < g.top_p <= 1:
         raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")

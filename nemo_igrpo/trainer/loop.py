@@ -59,7 +59,7 @@ class Trainer:
 
         from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
         from nemo_igrpo.backends.policy.parallel import initialize_parallel
-        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
+        from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint
 
         self.cfg = cfg
         if not cfg.policy.model_path:
@@ -91,13 +91,14 @@ class Trainer:
         if problem:
             raise ConfigError(f"config key 'algorithm.num_mini_batches': {problem}")
 
-        self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
+        # Memory-mapped: each rank reads only the slices of its own shard.
+        self.hf_config, hf_state = open_hf_checkpoint(cfg.policy.model_path)
         # The LR schedule counts optimizer updates, several per step with mini-batches or update epochs.
         self.policy = MegatronPolicy(cfg.policy, self.layout, self.hf_config,
                                      temperature=cfg.generation.temperature,
                                      total_steps=self.total_steps * updates_per_step(cfg.algorithm),
                                      hf_state_dict=hf_state)
-        del hf_state
+        hf_state.close()
         self.loss_fn = make_policy_loss(cfg.algorithm, max_response_tokens=cfg.generation.max_new_tokens)
         if self.loss_fn.needs_reference:
             # Now, before any resume loads a checkpoint: the KL reference is the initial weights in every run.

@@ -36,7 +36,7 @@ class NanLoss:
 def run(name: str, work: str) -> None:
     from safetensors.torch import load_file, save_file
 
-    from common import TEMPERATURE, TOTAL_STEPS, make_loss, policy_config
+    from common import TEMPERATURE, TOTAL_STEPS, build_policy_checking_load, make_loss, policy_config
     from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
     from nemo_igrpo.backends.policy.parallel import initialize_parallel
     from nemo_igrpo.batch import TrainBatch
@@ -57,6 +57,15 @@ def run(name: str, work: str) -> None:
         cfg = policy_config(hf_dir, mbs, tp, pp)
         for k, v in overrides.items():
             setattr(cfg, k, v)
+        if name in ("tp2", "pp2") and "load" not in metrics:
+            # The first policy of a sharded layout: what each rank read from the memory-mapped HF directory.
+            import torch.distributed as dist
+
+            p, info = build_policy_checking_load(cfg, layout, hf_dir, full_load_check=True)
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, info)
+            metrics["load"] = gathered
+            return p
         return MegatronPolicy.from_hf(cfg, layout, TEMPERATURE, TOTAL_STEPS)
 
     def draws() -> list[float]:

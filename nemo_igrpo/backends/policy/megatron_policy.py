@@ -1,4 +1,5 @@
-"""The Megatron policy: megatron-core GPTModel + DDP + Megatron optimizer + LR schedule behind ``PolicyInterface``.
+"""The Megatron policy: megatron-core GPTModel or hybrid (Mamba) model + DDP + Megatron optimizer + LR schedule
+behind ``PolicyInterface``.
 
 Every public method is collective: all ranks of the job (TP x PP x DP) must call it, in the same order.
 
@@ -86,12 +87,14 @@ def make_lr_scheduler(optimizer, ocfg, total_steps: int):
 
 
 class MegatronPolicy(PolicyInterface):
-    """A Llama/Qwen2 policy trained with megatron-core.
+    """A Llama/Qwen2 (GPTModel) or Nemotron-H (hybrid Mamba model) policy trained with megatron-core.
 
     Construct after ``initialize_parallel`` on every rank::
 
-        hf_config, sd = read_hf_checkpoint(path)
-        policy = MegatronPolicy(cfg.policy, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
+        hf_config, tensors = open_hf_checkpoint(path)   # memory-mapped; each rank reads only its shard
+        policy = MegatronPolicy(cfg.policy, layout, hf_config, temperature, total_steps, hf_state_dict=tensors)
+
+    ``hf_state_dict`` may also be a dict of full HF tensors.
 
     ``total_steps`` is the number of optimizer steps of the run (the LR schedule ends there). Update ``k`` (1-based)
     uses the schedule's value at step ``k``: linear warmup reaching ``lr`` at step ``floor(warmup_ratio*total)``,
@@ -105,11 +108,11 @@ class MegatronPolicy(PolicyInterface):
     _loaded_checkpoint = False
 
     def __init__(self, cfg: PolicyConfig, layout, hf_config, temperature: float, total_steps: int,
-                 hf_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+                 hf_state_dict=None) -> None:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
-        from nemo_igrpo.backends.policy.model import build_gpt_model
+        from nemo_igrpo.backends.policy.model import build_model
 
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -128,10 +131,7 @@ class MegatronPolicy(PolicyInterface):
                           "and collectives assume CUDA); using the plain optimizer on CPU", stacklevel=2)
             self.use_distributed_optimizer = False
 
-        overrides: dict[str, Any] = {}
-        if cfg.activation_checkpointing:
-            overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-        chunks = build_gpt_model(hf_config, self.dtype, **overrides)
+        chunks = build_model(hf_config, self.dtype, activation_checkpointing=cfg.activation_checkpointing)
         if hf_state_dict is not None:
             # Before DDP/optimizer creation: the optimizer copies (bf16) or aliases the parameters at construction.
             from nemo_igrpo.backends.policy.weights import load_hf_state_dict
@@ -166,11 +166,14 @@ class MegatronPolicy(PolicyInterface):
     @classmethod
     def from_hf(cls, cfg: PolicyConfig, layout, temperature: float, total_steps: int,
                 path: str | None = None) -> "MegatronPolicy":
-        """Build from a Hugging Face directory (``path`` or ``cfg.model_path``)."""
-        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
+        """Build from a Hugging Face directory (``path`` or ``cfg.model_path``); each rank reads only its shard."""
+        from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint
 
-        hf_config, sd = read_hf_checkpoint(path or cfg.model_path, trust_remote_code=cfg.trust_remote_code)
-        return cls(cfg, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
+        hf_config, tensors = open_hf_checkpoint(path or cfg.model_path, trust_remote_code=cfg.trust_remote_code)
+        try:
+            return cls(cfg, layout, hf_config, temperature, total_steps, hf_state_dict=tensors)
+        finally:
+            tensors.close()
 
     def _build_optimizer(self):
         from megatron.core.optimizer import OptimizerConfig as MOptimizerConfig
@@ -200,7 +203,7 @@ class MegatronPolicy(PolicyInterface):
     # ---------------------------------------------------------------------------------------------------- helpers
     @property
     def chunks(self) -> list[torch.nn.Module]:
-        """The unwrapped GPTModel chunks of this PP stage (for weights.py)."""
+        """The unwrapped model chunks of this PP stage (for weights.py)."""
         return [m.module for m in self.model]
 
     @property
@@ -506,7 +509,7 @@ class MegatronPolicy(PolicyInterface):
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _model_sharded_state_dict(self, metadata: dict) -> dict:
-        # From the unwrapped GPTModel: tensor keys then do not depend on the DDP wrapper.
+        # From the unwrapped model: tensor keys then do not depend on the DDP wrapper.
         if len(self.model) == 1:
             return {"model": self.chunks[0].sharded_state_dict(metadata=metadata)}
         return {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(self.chunks)}
