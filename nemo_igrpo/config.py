@@ -118,6 +118,9 @@ def validate(cfg: Config) -> None:
         _positive("algorithm.dr_grpo_max_tokens", a.dr_grpo_max_tokens)
     _positive("algorithm.advantage_eps", a.advantage_eps, allow_zero=True)
     _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
+    _positive("algorithm.num_mini_batches", a.num_mini_batches)
+    _positive("algorithm.num_update_epochs", a.num_update_epochs)
+    _validate_mismatch(cfg)
     _ask(lambda: check_refinement(a))
     for name, weight in cfg.reward.weights.items():
         _choice("reward.weights", name, REWARDS.names())
@@ -129,13 +132,6 @@ def validate(cfg: Config) -> None:
     _positive("reward.num_workers", cfg.reward.num_workers)
     _positive("reward.timeout_s", cfg.reward.timeout_s)
     _positive("reward.worker_memory_mb", cfg.reward.worker_memory_mb, allow_zero=True)
-    gr = cfg.reward.grading
-    _choice("reward.grading.extraction", gr.extraction, ["boxed", "full"])
-    _positive("reward.grading.batch_budget_s_per_answer", gr.batch_budget_s_per_answer, allow_zero=True)
-    _positive("reward.grading.batch_budget_min_s", gr.batch_budget_min_s, allow_zero=True)
-    if gr.hung_worker_s is not None and not gr.hung_worker_s > cfg.reward.timeout_s:
-        raise ConfigError(f"config key 'reward.grading.hung_worker_s': must be > reward.timeout_s "
-                          f"({cfg.reward.timeout_s}), got {gr.hung_worker_s}")
     j = cfg.reward.judge
     _positive("reward.judge.timeout_s", j.timeout_s)
     _positive("reward.judge.max_retries", j.max_retries, allow_zero=True)
@@ -158,6 +154,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'policy.optimizer.warmup_ratio': must be in [0, 1), got {p.optimizer.warmup_ratio}")
     g = cfg.generation
     _choice("generation.backend", g.backend, ["hf", "vllm"])
+    _choice("generation.vllm_refit", g.vllm_refit, ["auto", "layerwise", "load_weights"])
     _positive("generation.temperature", g.temperature)
     if not 0 < g.top_p <= 1:
         raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")
@@ -168,3 +165,26 @@ def validate(cfg: Config) -> None:
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
     _positive("trainer.preemption_grace_s", t.preemption_grace_s, allow_zero=True)
+
+
+def _validate_mismatch(cfg: Config) -> None:
+    from nemo_igrpo.algorithms.mismatch import check_mismatch_config
+
+    m = cfg.algorithm.mismatch
+    try:
+        check_mismatch_config(m)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise ConfigError(f"config key 'algorithm.mismatch.{key}': {msg}") from None
+    if m.mode == "none":
+        return
+    # The generator then reports log-probs renormalised over the kept tokens, not pi_gen's: the weights are biased.
+    g = cfg.generation
+    if g.top_p < 1:
+        raise ConfigError(f"config key 'generation.top_p': {g.top_p} < 1 is refused with algorithm.mismatch.mode="
+                          f"{m.mode}: the generator's log-probs are then renormalised over the nucleus, which biases "
+                          "the importance weights; use top_p 1 or mode none")
+    if g.top_k > 0:
+        raise ConfigError(f"config key 'generation.top_k': {g.top_k} is refused with algorithm.mismatch.mode={m.mode}: "
+                          "the generator's log-probs are then renormalised over the top-k tokens, which biases the "
+                          "importance weights; use top_k -1 or mode none")

@@ -59,7 +59,11 @@ def collect_step_rollouts(step: int, worker: RolloutWorker | None, sampler: Prom
         if not needs_another_round(sum(f for _, f in flags), prompts_per_step, rounds, ds.max_extra_rounds):
             break
 
-    selection = select_groups(flags, target=prompts_per_step, min_groups=dp_size)
+    g = RolloutBudget.from_config(algorithm).num_refinements
+    # Every rank runs every mini-batch update, and each needs a row there: enough groups that each rank has one per
+    # mini-batch (groups without a signal pad, carrying no loss, when too few were found).
+    groups_per_rank = -(-algorithm.num_mini_batches // g)  # ceil
+    selection = select_groups(flags, target=prompts_per_step, min_groups=dp_size * groups_per_rank)
     if selection.bound_reached and dp_rank == 0 and worker is not None:
         log.warning("step %d: dynamic sampling found %d of %d groups with a signal in %d round(s) "
                     "(algorithm.dynamic_sampling.max_extra_rounds=%d); training on those", step,
@@ -78,5 +82,5 @@ def collect_step_rollouts(step: int, worker: RolloutWorker | None, sampler: Prom
     dropped = [g for k, g in local.items() if k not in trained]
     metrics["tokens/discarded"] = float(sum(g.tokens for g in dropped))
     metrics["sequences/discarded"] = float(sum(len(g.response_ids) + len(g.draft_lengths) for g in dropped))
-    return StepRollouts.from_groups([chosen[k] for k in keys], RolloutBudget.from_config(algorithm).num_refinements,
-                                    [k in trained for k in keys], algorithm.overlong_filter, metrics)
+    return StepRollouts.from_groups([chosen[k] for k in keys], g, [k in trained for k in keys],
+                                    algorithm.overlong_filter, metrics)

@@ -166,6 +166,17 @@ def test_the_round_bound_trains_on_what_there_is(tokenizer, refinement, caplog):
     assert f"step 3: dynamic sampling found {len(mixed)} of 4 groups with a signal in 3 round(s)" in caplog.text
 
 
+def test_every_mini_batch_update_gets_a_row_when_few_groups_are_found(tokenizer):
+    # 3 mini-batch updates per step need 3 rows; one informative group has 2 (G = 2): one padding group joins it.
+    data = records(["mixed", "easy", "easy", "easy"])
+    alg = algorithm(True, rounds=0)
+    alg.num_mini_batches = 3
+    w = worker(alg, tokenizer)
+    out = collect(w, PromptSampler(data, seed=0), step=1, per_step=4, alg=alg)
+    assert len(out.prompt_ids) == 4 and out.loss_rows.count(True) == 2
+    assert out.metrics["dynamic_sampling/bound_reached"] == 1.0
+
+
 def test_accuracy_not_the_total_reward_decides(tokenizer):
     data = records(["easy"] * 4 + ["mixed"] * 4)
     alg = algorithm(False, rounds=0)
