@@ -1,6 +1,7 @@
-"""`igrpo train` (demo size, iGRPO) with the rollout-side features of issue 10 switched on: DAPO's dynamic sampling,
-overlong filtering and the soft overlong penalty. Every logged metric is finite, the features' own metrics are there
-and consistent, and truncated rollouts really carry no loss in the update."""
+"""`igrpo train` (demo size, iGRPO) with every feature of issue 10 switched on: DAPO's dynamic sampling, overlong
+filtering and the soft overlong penalty (rollout side), with mini-batches, the reference KL and TIS (training side).
+Every logged metric is finite, the features' own metrics are there and consistent, and truncated rollouts really
+carry no loss in the update."""
 
 import json
 import math
@@ -13,14 +14,15 @@ from trainer_cli_helpers import igrpo_train_cmd, run_train
 pytestmark = pytest.mark.slow
 
 FEATURES = ("algorithm.dynamic_sampling.enabled=true", "algorithm.dynamic_sampling.max_extra_rounds=2",
-            "algorithm.overlong_filter=true", "reward.weights.overlong=0.5", "reward.overlong.buffer_tokens=16")
+            "algorithm.overlong_filter=true", "reward.weights.overlong=0.5", "reward.overlong.buffer_tokens=16",
+            "algorithm.num_mini_batches=2", "algorithm.kl_coef=0.05", "algorithm.mismatch.mode=tis")
 
 
 def read_metrics(run_dir):
     return [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
 
 
-def test_igrpo_with_dynamic_sampling_and_overlong_handling(warm_model, tmp_path):
+def test_igrpo_with_every_feature_on(warm_model, tmp_path):
     out = tmp_path / "run"
     proc = run_train(igrpo_train_cmd(warm_model, out, "trainer.max_steps=2", "trainer.save_every=2", *FEATURES))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,14 +33,15 @@ def test_igrpo_with_dynamic_sampling_and_overlong_handling(warm_model, tmp_path)
         assert not bad, bad
         for key in ("reward/overlong", "overlong/masked_share", "overlong/draft_truncated_share",
                     "accuracy/refinement_gain_vs_draft_mean", "reward/refinement_gain_vs_draft_mean",
-                    "dynamic_sampling/filtered_share", "dynamic_sampling/trained_groups", "tokens/discarded"):
+                    "dynamic_sampling/filtered_share", "dynamic_sampling/trained_groups", "tokens/discarded",
+                    "kl", "mismatch/kl", "mismatch/weight_mean"):
             assert key in r, key
         rounds = r["dynamic_sampling/rounds"]
         assert 1 <= rounds <= 3
         # 2 prompts per round, 2 drafts + 2 refinements per prompt
         assert r["dynamic_sampling/generated_groups"] == 2 * rounds and r["sequences/generated"] == 8 * rounds
         assert 0 <= r["tokens/discarded"] <= r["tokens/generated"]
-        assert -0.5 <= r["reward/overlong"] <= 0.0
+        assert -1.0 <= r["reward/overlong"] <= 0.0  # the component, before its weight
         assert r["dynamic_sampling/bound_reached"] == float(r["dynamic_sampling/trained_groups"] < 2)
     state = json.loads((out / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     # The checkpointed prompt stream position covers every prompt drawn, extra rounds included.
