@@ -41,6 +41,18 @@ class ParallelLayout:
         return self.pp_rank == self.pp_size - 1
 
 
+def process_group_backend(accelerator_backend: str | None) -> str:
+    """The default process group's backend for each device type: ``"gloo"`` without an accelerator,
+    ``"cpu:gloo,cuda:<accelerator_backend>"`` with one.
+
+    Host-side collectives (metrics, counters, the preemption flag, Python objects; ``backends/collectives.py``) reduce
+    CPU tensors. An NCCL-only group cannot carry them: torch raises "No backend type associated with device type cpu"
+    at the first one. With gloo serving the CPU beside NCCL every group can, including megatron-core's, which inherit
+    the default group's backend; device tensors still go through NCCL.
+    """
+    return "gloo" if accelerator_backend is None else f"cpu:gloo,cuda:{accelerator_backend}"
+
+
 def _slurm_master_addr() -> str:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if nodelist and shutil.which("scontrol"):
@@ -85,7 +97,8 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     """Initialise torch.distributed (if not already) and megatron's TP/PP/DP groups and RNG states.
 
     Rank and world size come from RANK/WORLD_SIZE (torchrun), else SLURM_PROCID/SLURM_NTASKS (srun), else a single
-    process with an in-memory store. NCCL when CUDA is present, gloo (plus the CPU shims) otherwise.
+    process with an in-memory store. NCCL for CUDA tensors beside gloo for host tensors when CUDA is present
+    (``process_group_backend``), gloo (plus the CPU shims) otherwise.
     ``world_size`` must be divisible by ``tp * pp``; the rest is data parallel.
     """
     from megatron.core import parallel_state, tensor_parallel
@@ -94,6 +107,13 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
         raise ValueError(f"tensor and pipeline parallel sizes must be >= 1, got tp={tp}, pp={pp}")
     use_cuda = torch.cuda.is_available()
     if dist.is_initialized():
+        from nemo_igrpo.backends.collectives import group_carries
+
+        if not group_carries(None, "cpu"):
+            raise RuntimeError(
+                f"the default process group was initialised before initialize_parallel with backend "
+                f"{dist.get_backend_config()!r}, which cannot carry the trainer's host-side (CPU) collectives; "
+                f"initialise it with backend={process_group_backend('nccl')!r} or leave it to initialize_parallel")
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
     else:
@@ -116,7 +136,7 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
         launched = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
         rendezvous = {"init_method": "env://"} if launched else {"store": dist.HashStore()}
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend=process_group_backend("nccl" if use_cuda else None),
             rank=rank,
             world_size=world,
             timeout=timedelta(minutes=timeout_minutes),
