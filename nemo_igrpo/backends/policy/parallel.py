@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -170,11 +171,16 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     )
 
 
-def destroy_parallel() -> None:
-    """Tear down megatron's groups, then the default process group (the other order aborts at exit on gloo)."""
+def destroy_parallel(shutdown: Sequence[Callable[[], None]] = ()) -> None:
+    """Tear down megatron's groups, then call ``shutdown`` (engines that run on the default process group, e.g. the
+    vLLM generator's ``close``, whose shutdown also destroys the groups vLLM made and the default one), then destroy
+    the default process group if it still exists. Megatron's groups before the default one: the other order aborts
+    at exit on gloo."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    for close in shutdown:
+        close()
     if dist.is_initialized():
         dist.destroy_process_group()
