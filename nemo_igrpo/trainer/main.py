@@ -14,7 +14,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, help="recipe YAML (see conf/)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the resolved config, the parallel layout and the per-step budget, then exit")
+                   help="print the resolved config, the parallel layout, the per-step budget and the per-GPU memory "
+                        "plan, then exit")
+    p.add_argument("--gpu-memory-gib", type=float, default=80.0,
+                   help="GPU memory the --dry-run memory plan checks against (default: 80, an H100/A100 80GB)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=10")
     p.set_defaults(func=run)
 
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         from nemo_igrpo.trainer.plan import describe_plan
 
         try:
-            print(describe_plan(cfg, _world_size()))
+            print(describe_plan(cfg, _world_size(), args.gpu_memory_gib))
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -109,9 +109,9 @@ def _per_rank(total: int, dp: int) -> str:
     return f"{total / dp:,.2f} (uneven: {total} does not divide by DP={dp})"
 
 
-def describe_plan(cfg: Config, world_size: int) -> str:
-    """Human-readable dry-run report: resolved config, parallel layout, per-step budget. Raises ``ConfigError`` when the
-    layout does not fit ``world_size``."""
+def describe_plan(cfg: Config, world_size: int, gpu_memory_gib: float = 80.0) -> str:
+    """Human-readable dry-run report: resolved config, parallel layout, per-step budget, sequence lengths and the
+    per-GPU memory plan (``memory_plan.py``). Raises ``ConfigError`` when the layout does not fit ``world_size``."""
     layout = parallel_layout(cfg, world_size)
     b = step_budget(cfg)
     dp = layout.dp
@@ -166,4 +166,7 @@ def describe_plan(cfg: Config, world_size: int) -> str:
                         f"({mbs}): the last micro-batch is partial")
     if warnings:
         lines += ["", "# warnings"] + [f"- {w}" for w in warnings]
+    from nemo_igrpo.trainer.memory_plan import memory_plan_section
+
+    lines += ["", memory_plan_section(cfg, layout.tp, layout.pp, dp, gpu_memory_gib).rstrip()]
     return "\n".join(lines) + "\n"
