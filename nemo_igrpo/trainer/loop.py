@@ -32,6 +32,7 @@ from nemo_igrpo.trainer.data import load_prompt_splits
 from nemo_igrpo.trainer.lifecycle import ColocatedLifecycle
 from nemo_igrpo.trainer.memory_plan import sequence_budget
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
+from nemo_igrpo.trainer.provenance import write_provenance
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
 
 log = logging.getLogger("nemo_igrpo.trainer")
@@ -249,6 +250,7 @@ class Trainer:
         if self.is_rank0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            write_provenance(self.output_dir)  # versions, git commit, dirty tree: one line per start
         logger = MetricsLogger(self.output_dir, enabled=self.is_rank0, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                wandb_project=cfg.wandb_project, run_name=self.cfg.name, config=to_dict(self.cfg),
                                progress_bar=cfg.progress_bar, total_steps=self.total_steps, initial_step=self.step,

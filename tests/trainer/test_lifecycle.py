@@ -24,10 +24,15 @@ REFIT = ["empty_cache", "export_hf_weights", "wake_weights", "update_weights", "
 
 
 @pytest.fixture(scope="module")
-def calls(tmp_path_factory):
+def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("lifecycle")
     result = launch(run, (str(work),), world_size=1, err_dir=str(work), timeout=300)
     assert result.ok, result.tail()
+    return work
+
+
+@pytest.fixture(scope="module")
+def calls(work):
     return json.loads((work / "calls.json").read_text())
 
 
@@ -40,6 +45,15 @@ def test_each_step_generates_awake_then_trains_asleep_then_refits(calls):
     end = ["save_checkpoint", "export_hf_weights",  # the final checkpoint and HF export (not a refit)
            "destroy_model_parallel", "close", "destroy_process_group"]
     assert calls == start + validation0 + step + step + validation + end
+
+
+def test_the_run_records_its_code_and_versions(work):
+    import subprocess
+
+    rec = json.loads((work / "run" / "provenance.jsonl").read_text().splitlines()[-1])
+    head = subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert rec["git"]["commit"] == head and isinstance(rec["git"]["dirty"], bool)
+    assert {"torch", "megatron-core", "transformers"} <= rec["packages"].keys()
 
 
 def test_policy_never_runs_while_the_generator_is_awake(calls):
