@@ -87,6 +87,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks the types cannot express: allowed names, ranges and cross-field rules."""
+    from nemo_igrpo.algorithms.igrpo import check_template
     from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
     a = cfg.algorithm
@@ -106,6 +107,9 @@ def validate(cfg: Config) -> None:
     _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
     if a.dual_clip_c is not None and a.dual_clip_c <= 1:
         raise ConfigError(f"config key 'algorithm.dual_clip_c': must be > 1 (or null), got {a.dual_clip_c}")
+    _positive("algorithm.num_mini_batches", a.num_mini_batches)
+    _positive("algorithm.num_update_epochs", a.num_update_epochs)
+    _validate_mismatch(cfg)
     r = a.refinement
     _choice("algorithm.refinement.tie_break", r.tie_break, ["first", "shortest"])
     if r.enabled:
@@ -113,9 +117,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'algorithm.refinement.num_drafts': must be in [1, group_size - 1] = [1, {a.group_size - 1}]"
                 f" so that N drafts + G refinements = group_size ({a.group_size}); got {r.num_drafts}")
-        for placeholder in ("{problem}", "{draft}"):
-            if placeholder not in r.template:
-                raise ConfigError(f"config key 'algorithm.refinement.template': must contain {placeholder}")
+        try:
+            check_template(r.template)
+        except ValueError as err:
+            raise ConfigError(f"config key 'algorithm.refinement.template': {err}") from None
         _positive("algorithm.refinement.max_draft_tokens", r.max_draft_tokens)
     for name, weight in cfg.reward.weights.items():
         _choice("reward.weights", name, ["accuracy", "format", "judge"])
@@ -150,6 +155,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'policy.optimizer.warmup_ratio': must be in [0, 1), got {p.optimizer.warmup_ratio}")
     g = cfg.generation
     _choice("generation.backend", g.backend, ["hf", "vllm"])
+    _choice("generation.vllm_refit", g.vllm_refit, ["auto", "layerwise", "load_weights"])
     _positive("generation.temperature", g.temperature)
     if not 0 < g.top_p <= 1:
         raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")
@@ -161,3 +167,27 @@ def validate(cfg: Config) -> None:
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+    _positive("trainer.preemption_grace_s", t.preemption_grace_s, allow_zero=True)
+
+
+def _validate_mismatch(cfg: Config) -> None:
+    from nemo_igrpo.algorithms.mismatch import check_mismatch_config
+
+    m = cfg.algorithm.mismatch
+    try:
+        check_mismatch_config(m)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise ConfigError(f"config key 'algorithm.mismatch.{key}': {msg}") from None
+    if m.mode == "none":
+        return
+    # The generator then reports log-probs renormalised over the kept tokens, not pi_gen's: the weights are biased.
+    g = cfg.generation
+    if g.top_p < 1:
+        raise ConfigError(f"config key 'generation.top_p': {g.top_p} < 1 is refused with algorithm.mismatch.mode="
+                          f"{m.mode}: the generator's log-probs are then renormalised over the nucleus, which biases "
+                          "the importance weights; use top_p 1 or mode none")
+    if g.top_k > 0:
+        raise ConfigError(f"config key 'generation.top_k': {g.top_k} is refused with algorithm.mismatch.mode={m.mode}: "
+                          "the generator's log-probs are then renormalised over the top-k tokens, which biases the "
+                          "importance weights; use top_k -1 or mode none")

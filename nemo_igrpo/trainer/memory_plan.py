@@ -23,17 +23,18 @@ engine sleeps; during a refit the engine's weights are awake beside the policy a
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nemo_igrpo.algorithms.igrpo import TRUNCATION_MARKER
+from nemo_igrpo.backends.policy.architecture import (ATTENTION, ArchitectureError, ParameterTensor, field, is_hybrid,
+                                                     layer_pattern, num_heads, parameter_tensors)
 
 GIB = 1024**3
-# Tokens a chat template adds around the system and user messages (role headers, special tokens). Generous: the
-# Llama-3 and Qwen2 templates add fewer than 30, plus Qwen's default system prompt when none is given.
+# Tokens a Stage-2 prompt may have beyond its parts counted separately (tokenization at the joins of prompt, template
+# and draft). Generous: a join changes at most a couple of tokens.
 CHAT_TEMPLATE_ALLOWANCE = 64
 # VLLMGenerator's default refit bucket (converted copies in flight during a refit).
 REFIT_BUCKET_BYTES = 512 * 1024**2
@@ -60,13 +61,12 @@ class SequenceBudget:
 
 
 def stage2_overhead_tokens(cfg) -> int:
-    """An upper bound on what a Stage-2 prompt adds to the problem besides the draft's tokens: the template text, the
-    system prompts, the truncation marker and the chat template. Counted in UTF-8 bytes, which no tokenizer splits
-    into fewer tokens than that (byte-level BPE covers at least one byte per token)."""
-    r = cfg.algorithm.refinement
-    template = re.sub(r"\{(problem|draft)\}", "", r.template)
-    texts = [template, r.system_prompt or "", cfg.data.system_prompt or "", TRUNCATION_MARKER]
-    return sum(len(t.encode("utf-8")) for t in texts) + CHAT_TEMPLATE_ALLOWANCE
+    """An upper bound on what a Stage-2 prompt adds besides the single-shot prompt it carries (``{prompt}``, at most
+    ``data.max_prompt_tokens`` with its chat template) and the draft's tokens: the template's own text and the
+    truncation marker, counted in UTF-8 bytes (no tokenizer makes more tokens than bytes: byte-level BPE covers at
+    least one byte per token), and an allowance for tokens that merge differently at the joins."""
+    template = re.sub(r"\{(prompt|draft)\}", "", cfg.algorithm.refinement.template)
+    return len(template.encode("utf-8")) + len(TRUNCATION_MARKER.encode("utf-8")) + CHAT_TEMPLATE_ALLOWANCE
 
 
 def sequence_budget(cfg) -> SequenceBudget:
@@ -98,14 +98,6 @@ BUILTIN_SHAPES: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True)
-class Tensor:
-    name: str
-    numel: int
-    layer: int | None  # None: embedding (first stage) or final norm / output layer (last stage)
-    tp_split: bool  # divided across tensor-parallel ranks (else replicated)
-
-
-@dataclass(frozen=True)
 class ModelShape:
     model_type: str
     hidden: int
@@ -115,86 +107,31 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     vocab: int
-    tied: bool
     attention_layers: int  # layers with a KV cache (all of them for Llama/Qwen2)
     max_position_embeddings: int
-    tensors: tuple[Tensor, ...]
+    tensors: tuple[ParameterTensor, ...]
 
     @property
     def total_params(self) -> int:
         return sum(t.numel for t in self.tensors)
 
+    @property
+    def tied(self) -> bool:
+        return not any(t.name == "lm_head.weight" for t in self.tensors)
 
-def _shape_from_config(c: dict[str, Any]) -> ModelShape:
-    """Parameter tensors of a Llama/Qwen2 or Nemotron-H config, as HF names them (the counts equal HF's)."""
-    mt = c["model_type"]
-    h, v = int(c["hidden_size"]), int(c["vocab_size"])
-    heads = int(c["num_attention_heads"])
-    kv = int(c.get("num_key_value_heads") or heads)
-    hd = int(c.get("head_dim") or h // heads)
-    ffn = int(c["intermediate_size"])
-    layers = int(c["num_hidden_layers"])
-    tied = bool(c.get("tie_word_embeddings", False))
-    out: list[Tensor] = []
 
-    def add(name, numel, layer, split=True):
-        out.append(Tensor(name, int(numel), layer, split))
-
-    def attention(p, i, bias):
-        add(f"{p}.q_proj.weight", h * heads * hd, i)
-        add(f"{p}.k_proj.weight", h * kv * hd, i)
-        add(f"{p}.v_proj.weight", h * kv * hd, i)
-        add(f"{p}.o_proj.weight", heads * hd * h, i)
-        if bias:
-            for n, width in (("q", heads), ("k", kv), ("v", kv)):
-                add(f"{p}.{n}_proj.bias", width * hd, i)
-
-    if mt in ("llama", "qwen2"):
-        add("model.embed_tokens.weight", v * h, None)
-        for i in range(layers):
-            p = f"model.layers.{i}"
-            add(f"{p}.input_layernorm.weight", h, i, split=False)
-            attention(f"{p}.self_attn", i, bias=mt == "qwen2")
-            add(f"{p}.post_attention_layernorm.weight", h, i, split=False)
-            for n in ("gate", "up", "down"):
-                add(f"{p}.mlp.{n}_proj.weight", h * ffn, i)
-        attention_layers = layers
-    elif mt == "nemotron_h":
-        pattern = c["hybrid_override_pattern"]
-        if len(pattern) != layers:
-            raise ValueError(f"hybrid_override_pattern has {len(pattern)} layers, num_hidden_layers={layers}")
-        mh, mhd, n, g, k = (int(c[x]) for x in ("mamba_num_heads", "mamba_head_dim", "ssm_state_size", "n_groups",
-                                                  "conv_kernel"))
-        inner = mh * mhd
-        conv = inner + 2 * g * n
-        add("model.embeddings.weight", v * h, None)
-        for i, kind in enumerate(pattern):
-            p = f"model.layers.{i}"
-            add(f"{p}.norm.weight", h, i, split=False)
-            if kind == "M":
-                add(f"{p}.mixer.in_proj.weight", h * (2 * inner + 2 * g * n + mh), i)
-                add(f"{p}.mixer.conv1d.weight", conv * k, i)
-                add(f"{p}.mixer.conv1d.bias", conv, i)
-                for name in ("dt_bias", "A_log", "D"):
-                    add(f"{p}.mixer.{name}", mh, i)
-                add(f"{p}.mixer.norm.weight", inner, i)  # gated norm over the (TP-split) inner dimension
-                add(f"{p}.mixer.out_proj.weight", inner * h, i)
-            elif kind == "*":
-                attention(f"{p}.mixer", i, bias=False)
-            elif kind == "-":
-                add(f"{p}.mixer.up_proj.weight", h * ffn, i)
-                add(f"{p}.mixer.down_proj.weight", ffn * h, i)
-            else:
-                raise ValueError(f"hybrid_override_pattern: unknown layer kind {kind!r}")
-        attention_layers = pattern.count("*")
-    else:
-        raise ValueError(f"model_type={mt!r}: no memory model (known: llama, qwen2, nemotron_h)")
-    add("model.norm_f.weight" if mt == "nemotron_h" else "model.norm.weight", h, None, split=False)
-    if not tied:
-        add("lm_head.weight", v * h, None)
-    return ModelShape(model_type=mt, hidden=h, ffn=ffn, layers=layers, heads=heads, kv_heads=kv, head_dim=hd,
-                      vocab=v, tied=tied, attention_layers=attention_layers,
-                      max_position_embeddings=int(c.get("max_position_embeddings") or 0), tensors=tuple(out))
+def shape_from_config(c: dict[str, Any]) -> ModelShape:
+    """The sizes the plan needs, from a config.json dict (parameter tensors: ``architecture.parameter_tensors``)."""
+    heads, kv = num_heads(c)
+    h = int(field(c, "hidden_size"))
+    hybrid = is_hybrid(c)
+    return ModelShape(model_type=str(field(c, "model_type")), hidden=h, ffn=int(field(c, "intermediate_size", 0)),
+                      layers=len(layer_pattern(c)) if hybrid else int(field(c, "num_hidden_layers")), heads=heads,
+                      kv_heads=kv, head_dim=int(field(c, "head_dim", h // heads)), vocab=int(field(c, "vocab_size")),
+                      attention_layers=(layer_pattern(c).count(ATTENTION) if hybrid
+                                        else int(field(c, "num_hidden_layers"))),
+                      max_position_embeddings=int(field(c, "max_position_embeddings", 0)),
+                      tensors=tuple(parameter_tensors(c)))
 
 
 def _demo_shape() -> dict[str, Any]:
@@ -204,18 +141,18 @@ def _demo_shape() -> dict[str, Any]:
     return demo_model_config(vocab_size=len(build_demo_tokenizer())).to_dict()
 
 
-def model_shape(model_path: str) -> tuple[ModelShape | None, str]:
-    """The shape of ``model_path``'s model and where it came from: its config.json, else the built-in shape of a
-    recipe model with that directory name (``sft``: the demo's warm start), else None with the reason."""
+def model_shape(model_path: str, model_config: dict | None = None) -> tuple[ModelShape | None, str]:
+    """The shape of ``model_path``'s model and where it came from: ``model_config`` (its config.json, as the dry run
+    read it), else the built-in shape of a recipe model with that directory name (``sft``: the demo's warm start),
+    else None with the reason."""
     path = Path(model_path) if model_path else None
-    if path is not None and (path / "config.json").is_file():
-        c = json.loads((path / "config.json").read_text())
-        return _shape_from_config(c), f"{path / 'config.json'}"
+    if model_config is not None:
+        return shape_from_config(model_config), f"{path / 'config.json' if path else 'config.json'}"
     name = path.name if path is not None else ""
     if name in BUILTIN_SHAPES:
-        return _shape_from_config(BUILTIN_SHAPES[name]), f"built-in shape of {name} (no config.json at {path})"
+        return shape_from_config(BUILTIN_SHAPES[name]), f"built-in shape of {name} (no config.json at {path})"
     if name == "sft":
-        return _shape_from_config(_demo_shape()), f"built-in shape of the demo model (no config.json at {path})"
+        return shape_from_config(_demo_shape()), f"built-in shape of the demo model (no config.json at {path})"
     return None, f"no config.json at {model_path or '(policy.model_path is empty)'} and no built-in shape for it"
 
 
@@ -400,67 +337,76 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.2f} M"
 
 
-def memory_plan_section(cfg, tp: int, pp: int, dp: int, gpu_memory_gib: float = 80.0) -> str:
-    """The ``--dry-run`` section: one line per allocation, then the phases and the peak against the GPU."""
+def memory_section(plan) -> list[str]:
+    """The dry run's sections on sequence lengths and per-GPU memory (``plan``: ``trainer.plan.Plan``): one line per
+    allocation, then what coexists in each phase and the peak against the GPU; warnings go to the plan's."""
+    cfg = plan.cfg
     budget = sequence_budget(cfg)
     lines = ["# sequence lengths",
              f"longest prompt            {budget.longest_prompt:,} tokens"
-             + (f" (Stage 2: {budget.prompt:,} prompt + {cfg.algorithm.refinement.max_draft_tokens:,} draft + "
+             + (f" (Stage 2: <= {budget.prompt:,} prompt + {cfg.algorithm.refinement.max_draft_tokens:,} draft + "
                 f"<= {stage2_overhead_tokens(cfg):,} template)" if budget.stage2_prompt else ""),
              f"longest sequence          {budget.longest_sequence:,} tokens (+ {budget.completion:,} completion)",
              f"vLLM max_model_len        {budget.max_model_len:,}"
-             + (" (generation.max_model_len)" if cfg.generation.max_model_len else " (derived)"), ""]
-    shape, source = model_shape(cfg.policy.model_path)
-    lines.append(f"# memory plan per GPU ({gpu_memory_gib:g} GiB GPUs; --gpu-memory-gib to change)")
+             + (" (generation.max_model_len)" if cfg.generation.max_model_len else " (derived)"), "",
+             f"# memory plan per GPU ({plan.gpu_memory_gib:g} GiB GPUs; --gpu-memory-gib to change)"]
+    if plan.layout is None:
+        return lines + ["not available: the layout does not fit the world size (see problems)"]
+    tp, pp, dp = plan.layout.tp, plan.layout.pp, plan.layout.dp
+    try:
+        shape, source = model_shape(cfg.policy.model_path, plan.model_config)
+    except (ArchitectureError, KeyError, ValueError, TypeError) as err:
+        return lines + [f"not available: the model's config.json cannot be sized ({err})"]
     if shape is None:
-        return "\n".join(lines + [f"not available: {source}"]) + "\n"
-    if shape.model_type not in ("llama", "qwen2"):
-        act_note = "activations: Llama/Qwen2 layer model applied to a hybrid model (rough)"
-    else:
-        act_note = ""
-    plan = build_memory_plan(cfg, shape, tp, pp, dp, int(gpu_memory_gib * GIB))
+        return lines + [f"not available: {source}"]
+    gpu_bytes = int(plan.gpu_memory_gib * GIB)
+    mem = build_memory_plan(cfg, shape, tp, pp, dp, gpu_bytes)
     e = dtype_bytes(cfg.policy.precision)
-    dist_opt = cfg.policy.optimizer.use_distributed_optimizer
-    rows, width = plan.micro_batch
+    rows, width = mem.micro_batch
+    vllm = cfg.generation.backend == "vllm"
     lines += [
         f"model                     {_count(shape.total_params)} parameters ({shape.model_type}), from {source}",
-        f"  on this GPU             {_count(plan.params)} (TP {tp} x PP {pp}, heaviest stage)",
-        f"policy weights          {_gib(plan.weights)}   {'bf16' if e == 2 else 'fp32'}, {e} B/param",
-        f"gradients               {_gib(plan.gradients)}   fp32 main-grad buffer, 4 B/param",
-        f"optimizer state         {_gib(plan.optimizer)}   {optimizer_bytes_per_param(e)} B/param"
-        + (f" / DP {dp} (distributed optimizer)" if dist_opt else "")
-        + (", offloaded to host while generating" if plan.optimizer_offloaded else ""),
-        f"activations (train)     {_gib(plan.activations)}   micro-batch {rows} x {width:,} tokens"
+        f"  on this GPU             {_count(mem.params)} (TP {tp} x PP {pp}, heaviest stage)",
+        f"policy weights          {_gib(mem.weights)}   {'bf16' if e == 2 else 'fp32'}, {e} B/param",
+        f"gradients               {_gib(mem.gradients)}   fp32 main-grad buffer, 4 B/param",
+        f"optimizer state         {_gib(mem.optimizer)}   {optimizer_bytes_per_param(e)} B/param"
+        + (f" / DP {dp} (distributed optimizer)" if cfg.policy.optimizer.use_distributed_optimizer else "")
+        + (", in host memory while generating" if mem.optimizer_offloaded else ""),
+        f"activations (train)     {_gib(mem.activations)}   micro-batch {rows} x {width:,} tokens"
         + (", full recompute" if cfg.policy.activation_checkpointing else "")
         + (", flash attention (estimate)" if e == 2 else ""),
-        f"log-prob transient      {_gib(plan.logprob_transient)}   logits + fp32 log-softmax of a micro-batch "
+        f"log-prob transient      {_gib(mem.logprob_transient)}   logits + fp32 log-softmax of a micro-batch "
         "(estimate)",
     ]
-    if act_note:
-        lines.append(f"  note: {act_note}")
-    if cfg.generation.backend == "vllm":
-        kv_tokens = plan.kv_cache // plan.kv_bytes_per_token if plan.kv_bytes_per_token else 0
+    if is_hybrid(plan.model_config or {"model_type": shape.model_type}):
+        lines.append("  note: activations use the attention/MLP layer model for every layer (rough for Mamba layers)")
+    if vllm:
+        kv_tokens = mem.kv_cache // mem.kv_bytes_per_token if mem.kv_bytes_per_token else 0
         lines += [
-            f"vLLM weights            {_gib(plan.vllm_weights)}   bf16, every layer, TP {tp}",
-            f"vLLM KV cache        <= {_gib(plan.kv_cache)}   gpu_memory_utilization "
-            f"{cfg.generation.gpu_memory_utilization:g} x GPU - weights; {plan.kv_bytes_per_token:,} B/token -> "
+            f"vLLM weights            {_gib(mem.vllm_weights)}   bf16, every layer, TP {tp}",
+            f"vLLM KV cache        <= {_gib(mem.kv_cache)}   gpu_memory_utilization "
+            f"{cfg.generation.gpu_memory_utilization:g} x GPU - weights; {mem.kv_bytes_per_token:,} B/token -> "
             f"{kv_tokens:,} tokens = {kv_tokens // max(1, budget.max_model_len):,} sequences of max_model_len",
         ]
-        if shape.model_type == "nemotron_h":
+        if shape.attention_layers < shape.layers:
             lines.append("  note: Mamba layers also hold a fixed state per sequence (not counted)")
-    lines += [f"refit transient         {_gib(plan.refit_transient)}   largest gathered tensor"
-              + (" + one refit bucket" if cfg.generation.backend == "vllm" else ""), "",
-              "# what coexists (trainer/lifecycle.py)"]
-    phases = plan.phases()
-    if cfg.generation.backend != "vllm":
+    lines += [f"refit transient         {_gib(mem.refit_transient)}   largest gathered tensor"
+              + (" + one refit bucket" if vllm else ""), "", "# what coexists (trainer/lifecycle.py)"]
+    phases = mem.phases()
+    if not vllm:
         phases.pop("generate")
-        lines.append("generation: HF backend, CPU")
+        lines.append("generation              HF backend (CPU): no engine memory on the GPU")
     for name, (what, total) in phases.items():
         lines.append(f"{name:<10}{_gib(total)}   {what}")
     peak_name, (_, peak) = max(phases.items(), key=lambda kv: kv[1][1])
-    verdict = "fits" if peak <= plan.gpu_bytes else "DOES NOT FIT"
-    lines.append(f"peak: {peak_name}, {_gib(peak).strip()} of {gpu_memory_gib:g} GiB: {verdict}")
+    lines.append(f"peak: {peak_name}, {_gib(peak).strip()} of {plan.gpu_memory_gib:g} GiB"
+                 + (": fits" if peak <= gpu_bytes else ": does not fit"))
+    if peak > gpu_bytes:
+        plan.warnings.append(f"memory plan: the {peak_name} phase needs about {peak / GIB:.1f} GiB per GPU, more than "
+                             f"{plan.gpu_memory_gib:g} GiB (policy.tensor_model_parallel_size, "
+                             "policy.micro_batch_tokens, policy.activation_checkpointing, "
+                             "generation.gpu_memory_utilization, policy.offload_optimizer_during_generation)")
     if budget.longest_sequence > shape.max_position_embeddings > 0:
-        lines.append(f"warning: the longest sequence ({budget.longest_sequence:,}) exceeds the model's "
-                     f"max_position_embeddings ({shape.max_position_embeddings:,})")
-    return "\n".join(lines) + "\n"
+        plan.warnings.append(f"the longest sequence ({budget.longest_sequence:,} tokens) exceeds the model's "
+                             f"max_position_embeddings ({shape.max_position_embeddings:,})")
+    return lines

