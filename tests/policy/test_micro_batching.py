@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "backends"))
 sys.path.insert(0, HERE)
 
 from launch import launch  # noqa: E402
-from layout_worker import LAYOUTS, WIDTH, make_batch, run  # noqa: E402
+from layout_worker import WIDTH, make_batch, run  # noqa: E402
 
 from nemo_igrpo.backends.policy.micro_batches import padding_fraction, plan_micro_batches  # noqa: E402
 

@@ -4,7 +4,6 @@ Face's own parameter shapes, and the sizes a real MegatronPolicy allocates on a 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ def measured(tmp_path_factory):
 def test_parameter_counts_equal_the_published_totals():
     assert mp.shape_from_config(mp.BUILTIN_SHAPES["OpenReasoning-Nemotron-7B"]).total_params == 7_615_616_512
     assert mp.shape_from_config(mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"]).total_params == 8_100_852_736
+    assert mp.shape_from_config(mp.BUILTIN_SHAPES["Qwen2.5-0.5B-Instruct"]).total_params == 494_032_768
 
 
 @pytest.mark.parametrize("config", [
