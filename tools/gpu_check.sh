@@ -27,7 +27,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 DEFAULT_WHEELS="$REPO/wheels/gpu_check"
 # Importable names of what the wheels provide; the machine brings torch, transformers (and their dependencies).
-KIT_IMPORTS="megatron.core omegaconf math_verify psutil pytest"
+KIT_IMPORTS="megatron.core omegaconf math_verify psutil pytest einops"
 
 die() { echo "gpu_check: $*" >&2; exit 2; }
 
@@ -39,7 +39,7 @@ pin() { grep -E "^$1==" "$REPO/constraints.txt" || die "constraints.txt has no p
 wheel_specs() {
     # Pinned in constraints.txt: exactly those versions. The rest: any version pip finds for the platform.
     local name
-    for name in megatron-core omegaconf math-verify latex2sympy2_extended; do pin "$name"; done
+    for name in megatron-core omegaconf math-verify latex2sympy2_extended einops; do pin "$name"; done
     echo psutil pytest pluggy iniconfig pygments
 }
 
