@@ -42,8 +42,32 @@ class RefinementConfig:
     # paper (it bounds the Stage-2 prompt: max prompt 1024 + draft must fit the policy's sequence length).
     max_draft_tokens: int = 2048
     # Which draft wins when several share the best reward: "shortest" (fewest tokens, then lowest index) or "first"
-    # (lowest index). Deterministic either way.
+    # (lowest index). Deterministic either way. With overlong handling on (algorithm.overlong_filter, or a reward
+    # that penalises truncation such as "overlong"), a truncated draft only wins when all of its prompt's drafts were
+    # truncated, whatever the rewards.
     tie_break: str = "shortest"
+
+
+@dataclass
+class DynamicSamplingConfig:
+    """DAPO's dynamic sampling (Yu et al. 2025, "DAPO", Sec. 3.2, eq. 11): train only on groups with a learning signal.
+
+    A group whose rollouts all score the same on ``metric`` (all right or all wrong) has zero advantage and only
+    dilutes the batch. Such groups are dropped and the batch is refilled with the groups of further prompts. In iGRPO
+    the groups are a prompt's G Stage-2 refinements (the trained rollouts); each refill round runs both stages.
+    """
+
+    # Turn it on. Off by default: the iGRPO paper does not use it.
+    enabled: bool = False
+    # The reward component whose spread within a group decides: kept iff its values are not all equal (DAPO:
+    # 0 < #correct < G). A name from reward.weights with a weight > 0. Default accuracy, not the total reward: a
+    # format bonus that varies would keep a group whose answers are all correct.
+    metric: str = "accuracy"
+    # Extra generation rounds per step, each over data.prompts_per_step further prompts from the prompt stream. When
+    # they are spent and the batch is still short, the step trains on the groups it has (logged as
+    # dynamic_sampling/bound_reached): never an error. Not from the paper (verl's DAPO recipe allows 10 rounds and
+    # then stops the run).
+    max_extra_rounds: int = 3
 
 
 @dataclass
@@ -85,9 +109,15 @@ class AlgorithmConfig:
     dr_grpo_max_tokens: int | None = None
     # Denominator guard of the grpo advantage std.
     advantage_eps: float = 1e-6
+    # DAPO's overlong filtering (Yu et al. 2025, Sec. 3.4): a trained rollout cut at the generation limit (finish
+    # reason "length") carries no loss; it still counts in its group's advantage statistics. In iGRPO a truncated
+    # draft is then never selected over a complete one. Off by default (not in the iGRPO paper). The soft overlong
+    # penalty is a reward component instead (reward.weights.overlong, reward.overlong).
+    overlong_filter: bool = False
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
     # Training-vs-generation mismatch correction (TIS / MIS); off by default. See MismatchCorrectionConfig below.
     mismatch: MismatchCorrectionConfig = field(default_factory=lambda: MismatchCorrectionConfig())
+    dynamic_sampling: DynamicSamplingConfig = field(default_factory=DynamicSamplingConfig)
 
 
 # Mismatch correction modes and levels, named once: the config validation and nemo_igrpo.algorithms.mismatch read them.

@@ -20,8 +20,8 @@ import torch
 
 from nemo_igrpo.algorithms.config import AlgorithmConfig
 from nemo_igrpo.algorithms.kl import kl_estimate, kl_k3
-from nemo_igrpo.algorithms.registry import POLICY_LOSSES
 from nemo_igrpo.batch import LossNormalizer
+from nemo_igrpo.registry import Registry
 
 # Bound on |log pi - log pi_old| before exp: exp(20) ~ 5e8 is still finite in fp32/bf16. Beyond it the ratio (and its
 # gradient, which the clamp zeroes) comes from a broken step; without the bound one token can make the loss inf.
@@ -62,6 +62,8 @@ class Surrogate:
 
 # A registered policy loss: (log_ratio [S, L] masked to 0 off the mask, advantages [S], mask [S, L], clip) -> Surrogate.
 SurrogateFn = Callable[[Tensor, Tensor, Tensor, ClipRange], Surrogate]
+# algorithm.policy_loss names one.
+POLICY_LOSSES: Registry[SurrogateFn] = Registry("policy loss")
 
 
 def clipped_surrogate(ratio: Tensor, advantages: Tensor, clip: ClipRange) -> tuple[Tensor, Tensor]:

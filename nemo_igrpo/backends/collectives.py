@@ -42,6 +42,19 @@ def broadcast_from_model_parallel_source(obj: T) -> T:
     return box[0]
 
 
+def data_parallel_all_gather(obj: T) -> list[T]:
+    """``obj`` of every data-parallel rank, in DP-rank order (pickled: for per-group flags and the step's chosen
+    rollouts under dynamic sampling)."""
+    from megatron.core import parallel_state as ps
+
+    if _world() == 1:
+        return [obj]
+    group = ps.get_data_parallel_group()
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
 def data_parallel_mean(values: dict[str, float]) -> dict[str, float]:
     """Mean of each metric over data-parallel ranks (all ranks must pass the same keys)."""
     from megatron.core import parallel_state as ps

@@ -1,4 +1,8 @@
-"""Reward options. The paper uses accuracy (math-verify) + format, weight 1.0 each (arXiv 2602.09000, Sec. 4)."""
+"""Reward options. The paper uses accuracy (math-verify) + format, weight 1.0 each (arXiv 2602.09000, Sec. 4).
+
+Which components exist is the reward registry's business (``rewards/registry.py``); each component's own options
+live in a small section of their own below.
+"""
 
 from __future__ import annotations
 
@@ -52,10 +56,24 @@ class GradingConfig:
 
 
 @dataclass
+class OverlongPenaltyConfig:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), the ``overlong`` reward component."""
+
+    # L_cache: the penalty grows linearly from 0 to -1 over the last buffer_tokens tokens before the generation
+    # limit L_max (generation.max_new_tokens); a response cut at the limit gets -1. Must be in (0, L_max). Null: a
+    # fifth of L_max, DAPO's proportion (4096 of a 20480-token limit). Used only when reward.weights lists
+    # "overlong" (its weight scales the penalty).
+    buffer_tokens: int | None = None
+
+
+@dataclass
 class RewardConfig:
-    # Weight of each component in the scalar reward; a component with weight 0 is not computed.
+    # The reward components of the scalar reward and their weights: total = sum(weight * component). Names come
+    # from the reward registry (rewards/registry.py); a component with weight 0 is not computed. Built in:
     # accuracy: math-verify equivalence of the final answer (grading.extraction) to the gold answer, 1 or 0.
     # format: <think>...</think> followed by an answer section, 1 or 0. judge: the judge model's score in [0, 1].
+    # overlong: DAPO's soft overlong penalty in [-1, 0] (reward.overlong; off unless listed).
+    # Paper: {accuracy: 1.0, format: 1.0}.
     weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
     # Worker processes that grade answers with math-verify. Each item has a hard time limit.
     num_workers: int = 2
@@ -70,3 +88,4 @@ class RewardConfig:
     think_opened_in_prompt: bool = False
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     grading: GradingConfig = field(default_factory=GradingConfig)
+    overlong: OverlongPenaltyConfig = field(default_factory=OverlongPenaltyConfig)

@@ -35,6 +35,7 @@ from nemo_igrpo.trainer.memory_plan import sequence_budget
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.provenance import write_provenance
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
+from nemo_igrpo.trainer.step_rollouts import collect_step_rollouts
 from nemo_igrpo.trainer.stop_signals import StepAbandoned, StopSignals
 from nemo_igrpo.trainer.updates import run_updates, too_many_mini_batches, updates_per_step
 
@@ -180,11 +181,11 @@ class Trainer:
         return self.lifecycle.refit()
 
     def _rollouts(self) -> StepRollouts:
-        dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
-        records = self.sampler.next_batch(self.cfg.data.prompts_per_step)[dp_rank::dp_size]
-        with self.lifecycle.generation():  # the step's last generation ends here: the engine sleeps
-            rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
-        return rollouts if self.spmd_generation else collectives.broadcast_from_model_parallel_source(rollouts)
+        share = (lambda x: x) if self.spmd_generation else collectives.broadcast_from_model_parallel_source
+        with self.lifecycle.generation():  # the step's last generation (its last round) ends here: the engine sleeps
+            return collect_step_rollouts(self.step, self.worker, self.sampler, self.cfg.data.prompts_per_step,
+                                         self.cfg.algorithm, self.layout.dp_rank, self.layout.dp_size, share=share,
+                                         gather=collectives.data_parallel_all_gather)
 
     def train_step(self) -> dict[str, float]:
         t_step = time.perf_counter()
@@ -197,6 +198,7 @@ class Trainer:
                                         self.cfg.algorithm.advantage_eps).reshape(-1)
         input_ids, loss_mask, gen_logprobs = pack_sequences(rollouts.prompt_ids, rollouts.response_ids,
                                                             self.tokenizer.pad_token_id, rollouts.generator_logprobs)
+        loss_mask *= torch.tensor(rollouts.loss_rows, dtype=loss_mask.dtype)[:, None]  # overlong filter, padding
         t0 = time.perf_counter()
         lengths = [len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
         old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True, lengths=lengths)

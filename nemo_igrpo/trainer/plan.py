@@ -304,9 +304,20 @@ def problems_section(plan: Plan) -> list[str]:
     return [f"# problems ({len(plan.problems)}): the job would fail"] + [f"- {p}" for p in plan.problems]
 
 
+def dynamic_sampling_section(plan: Plan) -> list[str]:
+    """With dynamic sampling on, the budget above is one round; each extra round repeats it (the worst case)."""
+    ds = plan.cfg.algorithm.dynamic_sampling
+    if not ds.enabled or plan.budget is None:
+        return []
+    b, rounds = plan.budget, 1 + ds.max_extra_rounds
+    return ["# dynamic sampling (algorithm.dynamic_sampling)",
+            f"per step                  up to {ds.max_extra_rounds} extra round(s) of {b.prompts:,} prompts: at most "
+            f"{rounds * b.completions:,} completions, {rounds * b.max_generated_tokens:,} generated tokens"]
+
+
 # The sections of describe_plan, in order. Append a function (Plan -> lines) to add one.
 PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, training_section,
-                                                     memory_section, checks_section]
+                                                     dynamic_sampling_section, memory_section, checks_section]
 # Always last: they collect what the sections above found.
 _CLOSING_SECTIONS = (warnings_section, problems_section)
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from nemo_igrpo.algorithms.config import AlgorithmConfig
-from nemo_igrpo.algorithms.losses import make_policy_loss
+from nemo_igrpo.algorithms.losses import POLICY_LOSSES, make_policy_loss
 from nemo_igrpo.batch import LossNormalizer
-from nemo_igrpo.algorithms.registry import POLICY_LOSSES
 
 NAMES = ["grpo", "dapo", "gspo", "dr_grpo"]
 MAX_TOKENS = 12
