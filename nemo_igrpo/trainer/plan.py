@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 from omegaconf import OmegaConf
 
 from nemo_igrpo.config import Config, ConfigError
+from nemo_igrpo.trainer.memory_plan import memory_section
+from nemo_igrpo.trainer.plan_training import training_section
 
 REDACTED = "<redacted>"
 
@@ -163,15 +165,18 @@ class Plan:
     checks: list[str] = dataclasses.field(default_factory=list)  # what was verified, one line each
     warnings: list[str] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    gpu_memory_gib: float = 80.0  # one GPU's memory, for the memory plan (igrpo train --gpu-memory-gib)
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(Problem(where, what))
 
 
-def build_plan(cfg: Config, world_size: int, *, layout_source: str = "", inspect: bool = True) -> Plan:
+def build_plan(cfg: Config, world_size: int, *, layout_source: str = "", inspect: bool = True,
+               gpu_memory_gib: float = 80.0) -> Plan:
     """The plan of ``cfg`` on ``world_size`` ranks. With ``inspect``, also open the model directory, the data files
     and the output directory; every problem found is in ``plan.problems`` (nothing raises for them)."""
-    plan = Plan(cfg=cfg, world_size=world_size, layout_source=layout_source or f"world size {world_size}")
+    plan = Plan(cfg=cfg, world_size=world_size, layout_source=layout_source or f"world size {world_size}",
+                gpu_memory_gib=gpu_memory_gib)
     try:
         plan.layout = parallel_layout(cfg, world_size)
     except ConfigError as err:
@@ -299,8 +304,20 @@ def problems_section(plan: Plan) -> list[str]:
     return [f"# problems ({len(plan.problems)}): the job would fail"] + [f"- {p}" for p in plan.problems]
 
 
+def dynamic_sampling_section(plan: Plan) -> list[str]:
+    """With dynamic sampling on, the budget above is one round; each extra round repeats it (the worst case)."""
+    ds = plan.cfg.algorithm.dynamic_sampling
+    if not ds.enabled or plan.budget is None:
+        return []
+    b, rounds = plan.budget, 1 + ds.max_extra_rounds
+    return ["# dynamic sampling (algorithm.dynamic_sampling)",
+            f"per step                  up to {ds.max_extra_rounds} extra round(s) of {b.prompts:,} prompts: at most "
+            f"{rounds * b.completions:,} completions, {rounds * b.max_generated_tokens:,} generated tokens"]
+
+
 # The sections of describe_plan, in order. Append a function (Plan -> lines) to add one.
-PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, checks_section]
+PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, training_section,
+                                                     dynamic_sampling_section, memory_section, checks_section]
 # Always last: they collect what the sections above found.
 _CLOSING_SECTIONS = (warnings_section, problems_section)
 
