@@ -194,7 +194,8 @@ def main() -> None:
     print(f"physical limit: at the measured peak {peak / 1e9:.1f} GFLOP/s a step would take "
           f"{summary['grpo']['step_s_at_peak'] * 1e3:.1f} ms (GRPO) / {summary['igrpo']['step_s_at_peak'] * 1e3:.1f} ms "
           f"(iGRPO): the runs reach {summary['grpo']['fraction_of_peak']:.2%} / "
-          f"{summary['igrpo']['fraction_of_peak']:.2%} of it (the tiny model is overhead-bound)")
+          f"{summary['igrpo']['fraction_of_peak']:.2%} of it"
+          + (" (overhead-bound: small matmuls, Python)" if summary["grpo"]["fraction_of_peak"] < 0.3 else ""))
     C.write_results(args.out, "igrpo_vs_grpo_step",
                     {"steps": args.steps, "reps": args.reps, "threads": args.threads, "overrides": args.overrides,
                      "model": str(model), "from_runs": args.from_runs,
