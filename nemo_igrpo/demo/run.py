@@ -28,7 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default="runs/demo", help="results directory (default: runs/demo)")
     p.add_argument("--conf-dir", default=str(REPO_CONF), help="where demo_grpo.yaml / demo_igrpo.yaml live")
     p.add_argument("--steps", type=int, default=None, help="training steps per method (default: the recipe's)")
-    p.add_argument("--seed", type=int, default=42, help="training seed of both runs")
+    p.add_argument("--sft-steps", type=int, default=None, help="warm-start steps (default: igrpo sft's)")
+    p.add_argument("--seed", type=int, default=42,
+                   help="seed of the warm start (initialisation, batch order) and of both training runs (sampling, "
+                        "prompt order)")
     p.add_argument("--eval-samples", type=int, default=4,
                    help="sampled completions per test problem for avg@k (plus one greedy pass)")
     p.add_argument("overrides", nargs="*", help="key=value overrides passed to both training runs")
@@ -38,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _train(method: str, args: argparse.Namespace, sft_dir: Path, out: Path) -> float:
     cmd = [sys.executable, "-m", "nemo_igrpo.cli", "train", "--config", str(Path(args.conf_dir) / f"demo_{method}.yaml"),
            f"policy.model_path={sft_dir}", f"trainer.output_dir={out / method}", f"trainer.seed={args.seed}",
-           "trainer.resume=true", *args.overrides]
+           f"data.seed={args.seed}", "trainer.resume=true", *args.overrides]
     if args.steps is not None:
         cmd.append(f"trainer.max_steps={args.steps}")
     print(f"[demo] {method}: {' '.join(cmd[1:])}", flush=True)
@@ -47,33 +50,43 @@ def _train(method: str, args: argparse.Namespace, sft_dir: Path, out: Path) -> f
     return time.perf_counter() - t0
 
 
+def _machine_load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def run(args: argparse.Namespace) -> int:
+    from nemo_igrpo.config import load_config
     from nemo_igrpo.demo.report import evaluate_test_split, write_report
     from nemo_igrpo.demo.sft import run_sft
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
+    # The warm start and the evaluation read the iGRPO recipe: its task settings and its Stage-2 template (both
+    # recipes share the data section; see docs/demo.md).
+    recipe = load_config(Path(args.conf_dir) / "demo_igrpo.yaml")
+    machine = {"cpus": os.cpu_count(), "load_start": _machine_load()}
     timings: dict[str, float] = {}
     sft_dir = out / "sft"
     t0 = time.perf_counter()
     if not (sft_dir / "config.json").is_file():
-        from nemo_igrpo.config import load_config
-
-        # The warm start reads the iGRPO recipe: its data settings and its Stage-2 template (see docs/demo.md).
-        recipe = load_config(Path(args.conf_dir) / "demo_igrpo.yaml")
         print("[demo] sft: warm-starting the tiny model", flush=True)
+        steps = {} if args.sft_steps is None else {"steps": args.sft_steps}
         summary = run_sft(sft_dir, seed=args.seed, data_config=recipe.data, refinement=recipe.algorithm.refinement,
-                          overwrite=True, log_every=50)
-        print(f"[demo] sft: greedy test accuracy {summary['test_accuracy']:.3f} in {summary['train_seconds']:.0f} s",
-              flush=True)
+                          overwrite=True, log_every=100, eval_limit=0, **steps)
+        print(f"[demo] sft: {summary['steps']} steps in {summary['train_seconds']:.0f} s", flush=True)
     timings["sft"] = time.perf_counter() - t0
     for method in METHODS:
         timings[f"train/{method}"] = _train(method, args, sft_dir, out)
     t0 = time.perf_counter()
     models = {"warm start (SFT)": sft_dir, **{m: out / m / "hf" for m in METHODS}}
-    results = evaluate_test_split(models, out / "eval", num_samples=args.eval_samples)
+    results = evaluate_test_split(models, out / "eval", num_samples=args.eval_samples, data_cfg=recipe.data)
     timings["evaluate"] = time.perf_counter() - t0
-    report = write_report(out, results, {m: out / m for m in METHODS}, timings)
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    machine["load_end"] = _machine_load()
+    cpu = os.times()
+    # CPU seconds of this process and of the training processes it waited for, against the wall clock: how much of
+    # the machine the demo actually got.
+    machine["cpu_seconds"] = cpu.user + cpu.system + cpu.children_user + cpu.children_system
+    report = write_report(out, results, {m: out / m for m in METHODS}, timings, machine, args.seed)
+    (out / "timings.json").write_text(json.dumps({**timings, "machine": machine}, indent=1))
     print(f"[demo] report: {report}", flush=True)
     return 0

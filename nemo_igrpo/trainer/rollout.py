@@ -35,6 +35,15 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
+def sampled_entropy(logprobs: Sequence[Sequence[float]]) -> float:
+    """Mean of -log p over every sampled token: an unbiased estimate of the policy's per-token entropy at the
+    sampling temperature (E_{x~p}[-log p(x)] = H(p)) when sampling applies no top-p / top-k cut. It costs nothing
+    (the generator returns the log-probs) and is the same estimator for both stages, so drafts, refinements and GRPO
+    rollouts compare on one scale."""
+    total = sum(len(lp) for lp in logprobs)
+    return -float(sum(sum(lp) for lp in logprobs)) / total if total else 0.0
+
+
 class RolloutWorker:
     """Turns prompts into scored groups with a generator and a reward function (backend-agnostic)."""
 
@@ -97,6 +106,7 @@ class RolloutWorker:
             lengths = [[len(t) for t in drafts.token_ids[i * n:(i + 1) * n]] for i in range(len(records))]
             picks = select_best_drafts(rewards, lengths, self.algorithm.refinement.tie_break)
             best = [rewards[i][k] for i, k in enumerate(picks)]
+            metrics["entropy/stage1_sampled"] = sampled_entropy(drafts.logprobs)
             metrics["reward/draft_mean"] = _mean(scored.total)
             metrics["reward/draft_best"] = _mean(best)
             if "accuracy" in scored.components:
@@ -116,6 +126,7 @@ class RolloutWorker:
         counter.add("stage2", len(out.token_ids), sum(len(t) for t in out.token_ids))
         texts = [self._decode(t) for t in out.token_ids]
         scored = self._score(records, g, texts, timings)
+        metrics["entropy/stage2_sampled"] = sampled_entropy(out.logprobs)
         metrics["reward/mean"] = _mean(scored.total)
         for name, values in scored.components.items():
             metrics[f"reward/{name}"] = _mean(values)
