@@ -36,7 +36,9 @@ def _run_together(cmds):
 def test_two_concurrent_runs_with_one_seed_log_identical_metrics(warm_model, tmp_path, stage1):
     # Sampled validation too (val/accuracy at temperature 0.6), and a learning rate large enough that a difference
     # in one step's update would show in the next step's rollouts.
-    extra = ["trainer.max_steps=3", "trainer.validate_every=3", "trainer.num_validation_prompts=8",
+    # 64 new tokens: a whole answer fits (the helper's 40 cut every answer short, so no group had a reward spread).
+    extra = ["generation.max_new_tokens=64", "algorithm.refinement.max_draft_tokens=64", "data.prompts_per_step=4",
+             "trainer.max_steps=3", "trainer.validate_every=3", "trainer.num_validation_prompts=8",
              "trainer.validation_temperature=0.6", "trainer.save_every=0", "trainer.seed=7",
              f"algorithm.refinement.enabled={str(stage1).lower()}"]
     runs = [tmp_path / "a", tmp_path / "b"]
@@ -50,3 +52,5 @@ def test_two_concurrent_runs_with_one_seed_log_identical_metrics(warm_model, tmp
         assert not differing, f"step {ra['step']}: {differing}"
     assert any(r.get("grad_norm", 0) > 0 for r in a)  # the runs really trained: the comparison covers an update
     assert "val/accuracy" in a[-1]
+    # per-stage entropy estimates are among the compared metrics
+    assert ("entropy/stage1_sampled" in a[1]) == stage1 and "entropy/stage2_sampled" in a[1]
