@@ -137,8 +137,10 @@ def write_report(out: Path, results: dict[str, dict[str, Any]], run_dirs: dict[s
            f"{machine.get('cpu_seconds', 0):.0f} CPU seconds in {sum(timings.values()):.0f} s "
            f"({machine.get('cpu_seconds', 0) / max(sum(timings.values()), 1e-9):.2f} cores on average). Every number "
            "above except the times is independent of the load (all sampling is seeded per step).", "",
-           "| phase | seconds |", "|---|---|"]
-    md += [f"| {k2} | {v:.0f} |" for k2, v in timings.items()]
+           "| phase | seconds | CPU seconds |", "|---|---|---|"]
+    cpu = machine.get("cpu_seconds_per_phase", {})
+    md += [f"| {k2} | {v:.0f} | {cpu[k2]:.0f} |" if k2 in cpu else f"| {k2} | {v:.0f} | - |"
+           for k2, v in timings.items()]
     md += ["", "## Training curves", "", "Reward, accuracy and entropy per step for both runs: see "
            "[compare/report.md](compare/report.md).", ""]
     for png in sorted((out / "compare").glob("*.png")):

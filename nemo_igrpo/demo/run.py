@@ -38,20 +38,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _train(method: str, args: argparse.Namespace, sft_dir: Path, out: Path) -> float:
+def _train(method: str, args: argparse.Namespace, sft_dir: Path, out: Path) -> None:
     cmd = [sys.executable, "-m", "nemo_igrpo.cli", "train", "--config", str(Path(args.conf_dir) / f"demo_{method}.yaml"),
            f"policy.model_path={sft_dir}", f"trainer.output_dir={out / method}", f"trainer.seed={args.seed}",
            f"data.seed={args.seed}", "trainer.resume=true", *args.overrides]
     if args.steps is not None:
         cmd.append(f"trainer.max_steps={args.steps}")
     print(f"[demo] {method}: {' '.join(cmd[1:])}", flush=True)
-    t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    return time.perf_counter() - t0
 
 
 def _machine_load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the children it has waited for (the training runs, grading workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class _Phases:
+    """Wall-clock and CPU seconds per phase: on a shared machine the CPU time shows how much of it the demo got."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        w0, c0 = time.perf_counter(), _cpu_seconds()
+        result = fn(*args, **kwargs)
+        self.wall[name], self.cpu[name] = time.perf_counter() - w0, _cpu_seconds() - c0
+        return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,28 +83,28 @@ def run(args: argparse.Namespace) -> int:
     # recipes share the data section; see docs/demo.md).
     recipe = load_config(Path(args.conf_dir) / "demo_igrpo.yaml")
     machine = {"cpus": os.cpu_count(), "load_start": _machine_load()}
-    timings: dict[str, float] = {}
+    phases = _Phases()
     sft_dir = out / "sft"
-    t0 = time.perf_counter()
-    if not (sft_dir / "config.json").is_file():
+
+    def warm_start() -> None:
+        if (sft_dir / "config.json").is_file():
+            return
         print("[demo] sft: warm-starting the tiny model", flush=True)
         steps = {} if args.sft_steps is None else {"steps": args.sft_steps}
         summary = run_sft(sft_dir, seed=args.seed, data_config=recipe.data, refinement=recipe.algorithm.refinement,
                           overwrite=True, log_every=100, eval_limit=0, **steps)
         print(f"[demo] sft: {summary['steps']} steps in {summary['train_seconds']:.0f} s", flush=True)
-    timings["sft"] = time.perf_counter() - t0
+
+    phases.run("sft", warm_start)
     for method in METHODS:
-        timings[f"train/{method}"] = _train(method, args, sft_dir, out)
-    t0 = time.perf_counter()
+        phases.run(f"train/{method}", _train, method, args, sft_dir, out)
     models = {"warm start (SFT)": sft_dir, **{m: out / m / "hf" for m in METHODS}}
-    results = evaluate_test_split(models, out / "eval", num_samples=args.eval_samples, data_cfg=recipe.data)
-    timings["evaluate"] = time.perf_counter() - t0
+    results = phases.run("evaluate", evaluate_test_split, models, out / "eval", num_samples=args.eval_samples,
+                         data_cfg=recipe.data)
     machine["load_end"] = _machine_load()
-    cpu = os.times()
-    # CPU seconds of this process and of the training processes it waited for, against the wall clock: how much of
-    # the machine the demo actually got.
-    machine["cpu_seconds"] = cpu.user + cpu.system + cpu.children_user + cpu.children_system
-    report = write_report(out, results, {m: out / m for m in METHODS}, timings, machine, args.seed)
-    (out / "timings.json").write_text(json.dumps({**timings, "machine": machine}, indent=1))
+    machine["cpu_seconds"] = sum(phases.cpu.values())
+    machine["cpu_seconds_per_phase"] = phases.cpu
+    report = write_report(out, results, {m: out / m for m in METHODS}, phases.wall, machine, args.seed)
+    (out / "timings.json").write_text(json.dumps({**phases.wall, "machine": machine}, indent=1))
     print(f"[demo] report: {report}", flush=True)
     return 0
