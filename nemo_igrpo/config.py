@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -85,45 +85,50 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"config key '{key}': must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+def _ask(check: Callable[[], Any], keys: str = "") -> None:
+    """Run a check that the code using the options owns, as a config error. Its message names the key; where it
+    does not (a rule of the losses), ``keys`` says which keys it is about."""
+    try:
+        check()
+    except (ValueError, KeyError) as err:
+        msg = err.args[0] if err.args else str(err)
+        raise ConfigError(msg if msg.startswith("config key") else f"config key {keys}: {msg}") from None
+
+
 def validate(cfg: Config) -> None:
-    """Checks the types cannot express: allowed names, ranges and cross-field rules."""
-    from nemo_igrpo.algorithms.igrpo import check_template
-    from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
+    """Checks the types cannot express: allowed names, ranges and cross-field rules.
+
+    Names and rules come from the code that uses them (the registries, the iGRPO budget and template rules, the
+    loss's clip range, each reward component's own checks), so each is stated once.
+    """
+    from nemo_igrpo.algorithms.advantages import ADVANTAGE_ESTIMATORS
+    from nemo_igrpo.algorithms.dynamic_sampling import check_dynamic_sampling
+    from nemo_igrpo.algorithms.igrpo import check_refinement
+    from nemo_igrpo.algorithms.kl import KL_ESTIMATORS
+    from nemo_igrpo.algorithms.losses import POLICY_LOSSES, clip_range_from_config
+    from nemo_igrpo.rewards.registry import REWARDS
 
     a = cfg.algorithm
     _choice("algorithm.advantage_estimator", a.advantage_estimator, ADVANTAGE_ESTIMATORS.names())
     _choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
-    _choice("algorithm.kl_estimator", a.kl_estimator, ["k1", "k2", "k3"])
+    _choice("algorithm.kl_estimator", a.kl_estimator, list(KL_ESTIMATORS))
     _positive("algorithm.group_size", a.group_size)
-    if not 0 < a.clip_eps < 1:
-        raise ConfigError(f"config key 'algorithm.clip_eps': must be in (0, 1), got {a.clip_eps}")
-    if a.clip_low is not None and not 0 < a.clip_low < 1:
-        raise ConfigError(f"config key 'algorithm.clip_low': must be in (0, 1) (or null), got {a.clip_low}")
-    if a.clip_high is not None:
-        _positive("algorithm.clip_high", a.clip_high)
+    _ask(lambda: clip_range_from_config(a), "'algorithm.clip_eps' / 'clip_low' / 'clip_high' / 'dual_clip_c'")
     if a.dr_grpo_max_tokens is not None:
         _positive("algorithm.dr_grpo_max_tokens", a.dr_grpo_max_tokens)
     _positive("algorithm.advantage_eps", a.advantage_eps, allow_zero=True)
     _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
-    if a.dual_clip_c is not None and a.dual_clip_c <= 1:
-        raise ConfigError(f"config key 'algorithm.dual_clip_c': must be > 1 (or null), got {a.dual_clip_c}")
-    r = a.refinement
-    _choice("algorithm.refinement.tie_break", r.tie_break, ["first", "shortest"])
-    if r.enabled:
-        if not 1 <= r.num_drafts < a.group_size:
-            raise ConfigError(
-                f"config key 'algorithm.refinement.num_drafts': must be in [1, group_size - 1] = [1, {a.group_size - 1}]"
-                f" so that N drafts + G refinements = group_size ({a.group_size}); got {r.num_drafts}")
-        try:
-            check_template(r.template)
-        except ValueError as err:
-            raise ConfigError(f"config key 'algorithm.refinement.template': {err}") from None
-        _positive("algorithm.refinement.max_draft_tokens", r.max_draft_tokens)
+    _positive("algorithm.num_mini_batches", a.num_mini_batches)
+    _positive("algorithm.num_update_epochs", a.num_update_epochs)
+    _validate_mismatch(cfg)
+    _ask(lambda: check_refinement(a))
     for name, weight in cfg.reward.weights.items():
-        _choice("reward.weights", name, ["accuracy", "format", "judge"])
+        _choice("reward.weights", name, REWARDS.names())
         _positive(f"reward.weights.{name}", weight, allow_zero=True)
-    if cfg.reward.weights.get("judge", 0) > 0 and not cfg.reward.judge.base_url:
-        raise ConfigError("config key 'reward.judge.base_url': required when reward.weights.judge > 0")
+        if weight > 0:
+            _ask(lambda: REWARDS.get(name).check_config(cfg.reward, cfg.generation.max_new_tokens))
+    computed = [name for name, weight in cfg.reward.weights.items() if weight > 0]
+    _ask(lambda: check_dynamic_sampling(a.dynamic_sampling, computed))
     _positive("reward.num_workers", cfg.reward.num_workers)
     _positive("reward.timeout_s", cfg.reward.timeout_s)
     _positive("reward.worker_memory_mb", cfg.reward.worker_memory_mb, allow_zero=True)
@@ -142,6 +147,9 @@ def validate(cfg: Config) -> None:
     _positive("policy.tensor_model_parallel_size", p.tensor_model_parallel_size)
     _positive("policy.pipeline_model_parallel_size", p.pipeline_model_parallel_size)
     _positive("policy.micro_batch_size", p.micro_batch_size)
+    _choice("policy.micro_batching", p.micro_batching, ["auto", "padded", "bucketed", "packed"])
+    _positive("policy.micro_batch_tokens", p.micro_batch_tokens, allow_zero=True)
+    _positive("policy.logprob_micro_batch_tokens", p.logprob_micro_batch_tokens, allow_zero=True)
     _positive("policy.optimizer.lr", p.optimizer.lr)
     if not 0 <= p.optimizer.min_lr_ratio <= 1:
         raise ConfigError(f"config key 'policy.optimizer.min_lr_ratio': must be in [0, 1], got {p.optimizer.min_lr_ratio}")
@@ -149,12 +157,39 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'policy.optimizer.warmup_ratio': must be in [0, 1), got {p.optimizer.warmup_ratio}")
     g = cfg.generation
     _choice("generation.backend", g.backend, ["hf", "vllm"])
+    _choice("generation.vllm_refit", g.vllm_refit, ["auto", "layerwise", "load_weights"])
     _positive("generation.temperature", g.temperature)
     if not 0 < g.top_p <= 1:
         raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")
     _positive("generation.max_new_tokens", g.max_new_tokens)
     _positive("generation.batch_size", g.batch_size)
+    _choice("generation.sleep_level", g.sleep_level, [1, 2])
+    _positive("generation.max_model_len", g.max_model_len, allow_zero=True)
     t = cfg.trainer
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+    _positive("trainer.preemption_grace_s", t.preemption_grace_s, allow_zero=True)
+
+
+def _validate_mismatch(cfg: Config) -> None:
+    from nemo_igrpo.algorithms.mismatch import check_mismatch_config
+
+    m = cfg.algorithm.mismatch
+    try:
+        check_mismatch_config(m)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise ConfigError(f"config key 'algorithm.mismatch.{key}': {msg}") from None
+    if m.mode == "none":
+        return
+    # The generator then reports log-probs renormalised over the kept tokens, not pi_gen's: the weights are biased.
+    g = cfg.generation
+    if g.top_p < 1:
+        raise ConfigError(f"config key 'generation.top_p': {g.top_p} < 1 is refused with algorithm.mismatch.mode="
+                          f"{m.mode}: the generator's log-probs are then renormalised over the nucleus, which biases "
+                          "the importance weights; use top_p 1 or mode none")
+    if g.top_k > 0:
+        raise ConfigError(f"config key 'generation.top_k': {g.top_k} is refused with algorithm.mismatch.mode={m.mode}: "
+                          "the generator's log-probs are then renormalised over the top-k tokens, which biases the "
+                          "importance weights; use top_k -1 or mode none")

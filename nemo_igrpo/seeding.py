@@ -9,6 +9,7 @@ import hashlib
 STAGE_DRAFTS = 1
 STAGE_REFINEMENTS = 2
 VALIDATION = 3
+MINI_BATCHES = 4  # the row order of a step's mini-batches (algorithm.num_mini_batches > 1)
 
 
 def hashed_seed(text: str) -> int:
@@ -17,6 +18,8 @@ def hashed_seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
-def derive_seed(run_seed: int, step: int, purpose: int, shard: int = 0) -> int:
-    """A 63-bit seed of one training-time draw."""
-    return hashed_seed(f"{run_seed}/{step}/{purpose}/{shard}") >> 1
+def derive_seed(run_seed: int, step: int, purpose: int, shard: int = 0, round_index: int = 0) -> int:
+    """A 63-bit seed of one training-time draw. ``round_index`` > 0 numbers a step's extra generation rounds (dynamic
+    sampling); round 0 keeps the seeds of a step without them."""
+    suffix = f"/{round_index}" if round_index else ""
+    return hashed_seed(f"{run_seed}/{step}/{purpose}/{shard}{suffix}") >> 1

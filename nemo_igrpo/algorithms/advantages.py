@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS
+from nemo_igrpo.registry import Registry
+
+# (rewards [B, G], eps) -> advantages [B, G]; algorithm.advantage_estimator names one.
+ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
 
 
 def _check_rewards(rewards: torch.Tensor) -> torch.Tensor:

@@ -33,37 +33,56 @@ STAGES = (STAGE_DRAFTS, STAGE_TRAINED)
 # ---------------------------------------------------------------- Stage 1: draft selection --------------------------
 
 
-def _best_index(rewards: Sequence[float], lengths: Sequence[int], tie_break: str) -> int:
-    best = max(rewards)
-    tied = [i for i, r in enumerate(rewards) if r == best]
+def _best_index(rewards: Sequence[float], lengths: Sequence[int], truncated: Sequence[bool] | None,
+                tie_break: str) -> int:
+    # Rank by (complete, reward) when truncation counts, else by reward alone; ties as tie_break says.
+    key = [(not truncated[i], r) if truncated is not None else (r,) for i, r in enumerate(rewards)]
+    best = max(key)
+    tied = [i for i, k in enumerate(key) if k == best]
     if tie_break == "first":
         return tied[0]
     return min(tied, key=lambda i: (lengths[i], i))
 
 
-def select_best_drafts(rewards: Sequence[Sequence[float]], lengths: Sequence[Sequence[int]],
-                       tie_break: str) -> list[int]:
+def check_tie_break(tie_break: str) -> None:
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"config key 'algorithm.refinement.tie_break': unknown tie_break '{tie_break}'; allowed: "
+                         f"{', '.join(TIE_BREAKS)}")
+
+
+def select_best_drafts(rewards: Sequence[Sequence[float]], lengths: Sequence[Sequence[int]], tie_break: str,
+                       truncated: Sequence[Sequence[bool]] | None = None) -> list[int]:
     """Per prompt, the index of the draft with the highest reward.
 
     Ties (exactly equal rewards) are broken deterministically: ``"shortest"`` picks the draft with the fewest tokens,
     then the lowest index (a shorter draft costs less Stage-2 context and, at equal reward, is usually the cleaner
     one); ``"first"`` picks the lowest index. A NaN reward is an error rather than silently never (or always) chosen.
+
+    ``truncated`` (per draft: cut at the generation limit) is passed when overlong handling is on: a truncated draft
+    is then chosen only if every draft of its prompt was truncated, so an unfinished attempt never becomes the
+    Stage-2 context in place of a finished one, whatever their rewards (DAPO treats truncated samples as noise).
     """
-    if tie_break not in TIE_BREAKS:
-        raise ValueError(f"unknown tie_break '{tie_break}'; allowed: {', '.join(TIE_BREAKS)}")
-    if len(rewards) != len(lengths):
-        raise ValueError(f"rewards cover {len(rewards)} prompts but lengths cover {len(lengths)}")
+    check_tie_break(tie_break)
+    if len(rewards) != len(lengths) or (truncated is not None and len(truncated) != len(rewards)):
+        raise ValueError(f"rewards cover {len(rewards)} prompts but lengths cover {len(lengths)}"
+                         + ("" if truncated is None else f" and truncated {len(truncated)}"))
     chosen = []
     for p, (r, n) in enumerate(zip(rewards, lengths)):
-        if len(r) == 0 or len(r) != len(n):
+        t = None if truncated is None else truncated[p]
+        if len(r) == 0 or len(r) != len(n) or (t is not None and len(t) != len(r)):
             raise ValueError(f"prompt {p}: {len(r)} rewards for {len(n)} drafts (need the same, at least one)")
         if any(math.isnan(x) for x in r):
             raise ValueError(f"prompt {p}: NaN draft reward")
-        chosen.append(_best_index(r, n, tie_break))
+        chosen.append(_best_index(r, n, t, tie_break))
     return chosen
 
 
 # ---------------------------------------------------------------- Stage 2: refinement prompt ------------------------
+
+
+def check_max_draft_tokens(max_draft_tokens: int) -> None:
+    if max_draft_tokens <= 0:
+        raise ValueError(f"config key 'algorithm.refinement.max_draft_tokens': must be > 0, got {max_draft_tokens}")
 
 
 def draft_text(draft_token_ids: Sequence[int], decode: Callable[[list[int]], str], max_draft_tokens: int) -> str:
@@ -72,8 +91,7 @@ def draft_text(draft_token_ids: Sequence[int], decode: Callable[[list[int]], str
     Cutting from the left keeps the end of the draft, where its final answer is. A left cut can split a multi-byte
     character, which tokenizers decode to U+FFFD; those leading replacement characters are dropped.
     """
-    if max_draft_tokens <= 0:
-        raise ValueError(f"max_draft_tokens must be > 0, got {max_draft_tokens}")
+    check_max_draft_tokens(max_draft_tokens)
     ids = list(draft_token_ids)
     truncated = len(ids) > max_draft_tokens
     text = decode(ids[-max_draft_tokens:]) if ids else ""
@@ -162,8 +180,25 @@ class RolloutBudget:
             return cls(group_size=k, num_drafts=0, num_refinements=k)
         n = cfg.refinement.num_drafts
         if not 1 <= n < k:
-            raise ValueError(f"algorithm.refinement.num_drafts must be in [1, group_size - 1] = [1, {k - 1}], got {n}")
+            raise ValueError(f"config key 'algorithm.refinement.num_drafts': must be in [1, group_size - 1] = "
+                             f"[1, {k - 1}] so that N drafts + G refinements = group_size ({k}); got {n}")
         return cls(group_size=k, num_drafts=n, num_refinements=k - n)
+
+
+def check_refinement(cfg: AlgorithmConfig) -> None:
+    """Raise ``ValueError`` naming the config key when the refinement section cannot work.
+
+    The same checks the rollout code applies when it runs (config validation calls this, so each rule is stated
+    once): N + G = K, the tie-break name, the template's placeholders, the draft budget.
+    """
+    RolloutBudget.from_config(cfg)
+    check_tie_break(cfg.refinement.tie_break)
+    if cfg.refinement.enabled:
+        try:
+            check_template(cfg.refinement.template)
+        except ValueError as err:
+            raise ValueError(f"config key 'algorithm.refinement.template': {err}") from None
+        check_max_draft_tokens(cfg.refinement.max_draft_tokens)
 
 
 @dataclass

@@ -1,6 +1,10 @@
 """The few collectives the trainer needs, over megatron-core's process groups (the only parallel state there is).
 
 Every function is a no-op shortcut in a single process and must be called by all ranks of the group it names.
+
+They are host-side: their tensors live on the CPU (metrics, counters, flags, pickled objects), so every group they use
+must have a CPU backend. ``initialize_parallel`` gives the default group one beside NCCL (``process_group_backend``),
+and megatron-core's groups inherit it; ``group_carries`` is the check.
 """
 
 from __future__ import annotations
@@ -17,6 +21,14 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def group_carries(group, device_type: str) -> bool:
+    """Whether ``group`` (None: the default group) has a backend for tensors on ``device_type``. An NCCL-only group
+    has none for ``"cpu"``; its backend config reads ``"cuda:nccl"`` where a usable one reads
+    ``"cpu:gloo,cuda:nccl"``."""
+    entries = str(dist.get_backend_config(group)).split(",")
+    return any(entry.split(":")[0].strip() == device_type for entry in entries if ":" in entry)
+
+
 def broadcast_from_model_parallel_source(obj: T) -> T:
     """Send ``obj`` from tensor-rank 0 / pipeline-rank 0 to the other ranks of its model-parallel group, which all
     work on the same data-parallel shard (the source alone runs generation and grading)."""
@@ -28,6 +40,19 @@ def broadcast_from_model_parallel_source(obj: T) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
     return box[0]
+
+
+def data_parallel_all_gather(obj: T) -> list[T]:
+    """``obj`` of every data-parallel rank, in DP-rank order (pickled: for per-group flags and the step's chosen
+    rollouts under dynamic sampling)."""
+    from megatron.core import parallel_state as ps
+
+    if _world() == 1:
+        return [obj]
+    group = ps.get_data_parallel_group()
+    out: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
+    return out
 
 
 def data_parallel_mean(values: dict[str, float]) -> dict[str, float]:

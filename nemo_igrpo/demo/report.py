@@ -49,7 +49,9 @@ def evaluate_test_split(models: dict[str, Path], out_dir: Path, num_samples: int
             for mode, protocol in (("greedy", EvalProtocol(k=1, temperature=0.0, top_p=1.0)),
                                    ("sampled", EvalProtocol(k=num_samples))):
                 protocol.max_new_tokens = MAX_NEW_TOKENS
-                protocol.instruction = data_cfg.instruction
+                # The prompt the demo model was trained on (data.prompts.build_messages with the recipe's own,
+                # shorter instruction), not NeMo-Skills' order.
+                protocol.prompt = "{problem}" + (f" {data_cfg.instruction}" if data_cfg.instruction else "")
                 protocol.system_prompt = data_cfg.system_prompt
                 protocol.max_batch_sequences = 200
                 protocol.problems_per_call = max(1, 200 // protocol.k_for("demo_test"))

@@ -9,6 +9,10 @@ style), pass ``think_opened_in_prompt=True``: the response must then contain no 
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from nemo_igrpo.rewards.base import Reward, Sample, Scores
+from nemo_igrpo.rewards.config import RewardConfig
 from nemo_igrpo.rewards.extract import extract_answer
 
 _OPEN, _CLOSE = "<think>", "</think>"
@@ -32,3 +36,13 @@ def format_reward(text: str, think_opened_in_prompt: bool = False) -> float:
     if not reasoning.strip():
         return 0.0
     return 1.0 if extract_answer(answer_section) is not None else 0.0
+
+
+class FormatReward(Reward):
+    """The format reward component; ``reward.think_opened_in_prompt`` selects the variant."""
+
+    def __init__(self, cfg: RewardConfig) -> None:
+        self.think_opened_in_prompt = cfg.think_opened_in_prompt
+
+    def score(self, samples: Sequence[Sample]) -> Scores:
+        return Scores(values=[format_reward(s.response, self.think_opened_in_prompt) for s in samples])

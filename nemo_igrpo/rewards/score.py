@@ -15,7 +15,8 @@ import os
 import sys
 import tempfile
 
-from nemo_igrpo.rewards.config import RewardConfig
+from nemo_igrpo.rewards.config import GradingConfig, RewardConfig
+from nemo_igrpo.rewards.math_grader import EXTRACTION_MODES
 
 
 class InputError(ValueError):
@@ -29,7 +30,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL with 'response' and 'answer' (optional 'problem')")
     p.add_argument("--output", default=None, help="output JSONL (default: stdout)")
     p.add_argument("--workers", type=int, default=2, help="grading worker processes (default 2)")
-    p.add_argument("--timeout", type=float, default=5.0, help="hard per-answer grading limit in seconds (default 5)")
+    p.add_argument("--timeout", type=float, default=5.0, help="per-answer grading limit in CPU seconds (default 5)")
+    p.add_argument("--extraction", choices=EXTRACTION_MODES, default="boxed",
+                   help="boxed (default, the training reward's policy): the last run of \\boxed{} or <answer> tag, "
+                        "no box scores 0; full: math-verify's own extraction from the whole response (reproduces "
+                        "math-verify's verdicts on free-form answers). See docs/evaluation.md")
     p.add_argument("--think-opened-in-prompt", action="store_true",
                    help="format reward for chat templates that open <think> in the prompt")
     p.set_defaults(func=run)
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"igrpo score: error: cannot read {args.input}: {err}", file=sys.stderr)
         return 2
     cfg = RewardConfig(weights={"accuracy": 1.0, "format": 1.0}, num_workers=args.workers, timeout_s=args.timeout,
-                       think_opened_in_prompt=args.think_opened_in_prompt)
+                       think_opened_in_prompt=args.think_opened_in_prompt,
+                       grading=GradingConfig(extraction=args.extraction))
     with RewardFunction(cfg) as reward_fn:
         out = reward_fn([it.get("problem", "") for it in items], [it["response"] for it in items],
                         [it["answer"] for it in items])

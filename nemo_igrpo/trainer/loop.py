@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,9 @@ from typing import Any
 import torch
 
 from nemo_igrpo.algorithms.advantages import compute_advantages
+from nemo_igrpo.algorithms.igrpo import RolloutBudget
 from nemo_igrpo.algorithms.losses import make_policy_loss
+from nemo_igrpo.algorithms.mismatch import mismatch_weights
 from nemo_igrpo.backends import collectives
 from nemo_igrpo.batch import TrainBatch
 from nemo_igrpo.backends.generation.interface import SamplingParams
@@ -29,8 +30,14 @@ from nemo_igrpo import seeding
 from nemo_igrpo.trainer.batching import masked_mean, pack_sequences
 from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, check_resume_compatible
 from nemo_igrpo.trainer.data import load_prompt_splits
+from nemo_igrpo.trainer.lifecycle import ColocatedLifecycle
+from nemo_igrpo.trainer.memory_plan import sequence_budget
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
+from nemo_igrpo.trainer.provenance import write_provenance
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
+from nemo_igrpo.trainer.step_rollouts import collect_step_rollouts
+from nemo_igrpo.trainer.stop_signals import StepAbandoned, StopSignals
+from nemo_igrpo.trainer.updates import run_updates, too_many_mini_batches, updates_per_step
 
 log = logging.getLogger("nemo_igrpo.trainer")
 
@@ -42,20 +49,6 @@ _SUMMED_OVER_RANKS = ("tokens/", "sequences/")
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-class _Preemption:
-    """SIGTERM (Slurm preemption, ``scancel``) asks for a checkpoint at the end of the current step, then exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def model_fingerprint(hf_config: Any) -> dict[str, Any]:
@@ -70,15 +63,11 @@ class Trainer:
 
         from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
         from nemo_igrpo.backends.policy.parallel import initialize_parallel
-        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
+        from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint
 
         self.cfg = cfg
         if not cfg.policy.model_path:
             raise ConfigError("config key 'policy.model_path': required (a Hugging Face model directory)")
-        if cfg.algorithm.kl_coef > 0:
-            # The losses implement the KL term, but the trainer keeps no reference model yet (the paper uses 0).
-            raise ConfigError("config key 'algorithm.kl_coef': > 0 needs a reference policy, which the trainer does "
-                              "not keep yet; use 0 (the iGRPO paper's setting)")
         self.layout = initialize_parallel(cfg.policy.tensor_model_parallel_size,
                                           cfg.policy.pipeline_model_parallel_size, cfg.trainer.seed)
         self.is_rank0 = self.layout.rank == 0
@@ -101,13 +90,23 @@ class Trainer:
         steps_per_epoch = len(self.train_records) // per_step
         self.total_steps = cfg.trainer.max_steps or steps_per_epoch * cfg.data.num_epochs
         self.sampler = PromptSampler(self.train_records, seed=cfg.data.seed)
+        rows_per_rank = per_step // self.layout.dp_size * RolloutBudget.from_config(cfg.algorithm).num_refinements
+        problem = too_many_mini_batches(cfg.algorithm.num_mini_batches, rows_per_rank)
+        if problem:
+            raise ConfigError(f"config key 'algorithm.num_mini_batches': {problem}")
 
-        self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
+        # Memory-mapped: each rank reads only the slices of its own shard.
+        self.hf_config, hf_state = open_hf_checkpoint(cfg.policy.model_path)
+        # The LR schedule counts optimizer updates, several per step with mini-batches or update epochs.
         self.policy = MegatronPolicy(cfg.policy, self.layout, self.hf_config,
-                                     temperature=cfg.generation.temperature, total_steps=self.total_steps,
+                                     temperature=cfg.generation.temperature,
+                                     total_steps=self.total_steps * updates_per_step(cfg.algorithm),
                                      hf_state_dict=hf_state)
-        del hf_state
+        hf_state.close()
         self.loss_fn = make_policy_loss(cfg.algorithm, max_response_tokens=cfg.generation.max_new_tokens)
+        if self.loss_fn.needs_reference:
+            # Now, before any resume loads a checkpoint: the KL reference is the initial weights in every run.
+            self.policy.keep_reference(offload=cfg.policy.reference_offload)
         # HF (CPU): the model-parallel source rank generates and broadcasts to its peers. vLLM (GPU): every rank
         # builds an engine and the ranks of a TP group form one vLLM TP group, generating in lockstep from the same
         # prompts and seeds (external_launcher), so they all hold the same rollouts and nothing is broadcast.
@@ -118,6 +117,9 @@ class Trainer:
         self.worker: RolloutWorker | None = None
         if self.layout.is_mp_src or self.spmd_generation:
             self.worker = self._build_worker()
+        # The one owner of sleep/wake/refit and of the memory the policy and the generator share.
+        self.lifecycle = ColocatedLifecycle(self.policy, self.worker.generator if self.worker is not None else None,
+                                            offload_optimizer=cfg.policy.offload_optimizer_during_generation)
         self.step = 0
         self.consecutive_nonfinite = 0
 
@@ -127,7 +129,7 @@ class Trainer:
         from nemo_igrpo.rewards.reward_fn import RewardFunction
 
         cfg = self.cfg
-        generator = build_generator(cfg.generation, cfg.policy)
+        generator = build_generator(cfg.generation, cfg.policy, max_model_len=sequence_budget(cfg).max_model_len)
         sampling = SamplingParams(temperature=cfg.generation.temperature, top_p=cfg.generation.top_p,
                                   top_k=cfg.generation.top_k, max_new_tokens=cfg.generation.max_new_tokens)
         return RolloutWorker(generator, RewardFunction(cfg.reward), self.tokenizer, cfg.algorithm, sampling,
@@ -174,21 +176,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def refit(self) -> float:
-        """Copy the policy's weights into the generator. Every rank takes part in the gather."""
-        t0 = time.perf_counter()
-        named = self.policy.export_hf_weights()
-        if self.worker is not None:
-            self.worker.generator.update_weights(named)
-        else:
-            for _ in named:  # drive the collective gather on the ranks that do not generate
-                pass
-        return time.perf_counter() - t0
+        """Copy the policy's weights into the generator (through the lifecycle, the only place a refit happens).
+        Every rank takes part in the gather."""
+        return self.lifecycle.refit()
 
     def _rollouts(self) -> StepRollouts:
-        dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
-        records = self.sampler.next_batch(self.cfg.data.prompts_per_step)[dp_rank::dp_size]
-        rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
-        return rollouts if self.spmd_generation else collectives.broadcast_from_model_parallel_source(rollouts)
+        share = (lambda x: x) if self.spmd_generation else collectives.broadcast_from_model_parallel_source
+        with self.lifecycle.generation():  # the step's last generation (its last round) ends here: the engine sleeps
+            return collect_step_rollouts(self.step, self.worker, self.sampler, self.cfg.data.prompts_per_step,
+                                         self.cfg.algorithm, self.layout.dp_rank, self.layout.dp_size, share=share,
+                                         gather=collectives.data_parallel_all_gather)
 
     def train_step(self) -> dict[str, float]:
         t_step = time.perf_counter()
@@ -201,17 +198,30 @@ class Trainer:
                                         self.cfg.algorithm.advantage_eps).reshape(-1)
         input_ids, loss_mask, gen_logprobs = pack_sequences(rollouts.prompt_ids, rollouts.response_ids,
                                                             self.tokenizer.pad_token_id, rollouts.generator_logprobs)
+        loss_mask *= torch.tensor(rollouts.loss_rows, dtype=loss_mask.dtype)[:, None]  # overlong filter, padding
         t0 = time.perf_counter()
-        old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True)
+        lengths = [len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
+        old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True, lengths=lengths)
         metrics["time/logprob"] = time.perf_counter() - t0
         # A silent refit failure (generator sampling from stale or wrong weights) shows up here first.
         metrics["refit/logprob_mismatch"] = masked_mean((old_logprobs - gen_logprobs).abs(), loss_mask)
         metrics["entropy"] = masked_mean(entropy, loss_mask)
         metrics["advantage/abs_mean"] = float(advantages.abs().mean())
+        correction = mismatch_weights(old_logprobs, gen_logprobs, loss_mask, self.cfg.algorithm.mismatch)
+        metrics.update(correction.metrics)
+        ref_logprobs = None
+        if self.loss_fn.needs_reference:
+            t0 = time.perf_counter()
+            ref_logprobs = self.policy.get_reference_logprobs(input_ids, lengths=lengths)
+            metrics["time/ref_logprob"] = time.perf_counter() - t0
         batch = TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages,
-                           old_logprobs=old_logprobs, ref_logprobs=None)
+                           old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, is_weights=correction.weights)
         t0 = time.perf_counter()
-        train_metrics = self.policy.train(batch, self.loss_fn)
+        a = self.cfg.algorithm
+        train_metrics = run_updates(self.policy, batch, self.loss_fn, num_mini_batches=a.num_mini_batches,
+                                    num_epochs=a.num_update_epochs,
+                                    seed=seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.MINI_BATCHES,
+                                                             self.layout.dp_rank))
         metrics["time/train"] = time.perf_counter() - t0
         metrics.update(train_metrics)
         skipped = bool(train_metrics.get("skipped", 0.0))
@@ -233,9 +243,10 @@ class Trainer:
         limit = self.cfg.trainer.num_validation_prompts or len(self.validation_records)
         records = self.validation_records[:limit][self.layout.dp_rank::self.layout.dp_size]
         correct = n = 0.0
-        if self.worker is not None and records:
-            seed = seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.VALIDATION, self.layout.dp_rank)
-            correct, n = self.worker.validate(records, self.cfg.trainer.validation_temperature, seed)
+        with self.lifecycle.generation():
+            if self.worker is not None and records:
+                seed = seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.VALIDATION, self.layout.dp_rank)
+                correct, n = self.worker.validate(records, self.cfg.trainer.validation_temperature, seed)
         if not self.layout.is_mp_src:
             correct = n = 0.0  # counted once per data-parallel shard
         correct, n = collectives.data_parallel_sum([correct, n])
@@ -247,38 +258,68 @@ class Trainer:
         if self.is_rank0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            write_provenance(self.output_dir)  # versions, git commit, dirty tree: one line per start
         logger = MetricsLogger(self.output_dir, enabled=self.is_rank0, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                wandb_project=cfg.wandb_project, run_name=self.cfg.name, config=to_dict(self.cfg),
                                progress_bar=cfg.progress_bar, total_steps=self.total_steps, initial_step=self.step,
                                truncate_after_step=self.step)
-        preemption = _Preemption()
+        # Signals (stop_signals.py): USR1 saves after the step, TERM/INT save as soon as the policy can. Only a single
+        # process may abandon a step mid-way (no peer can be left waiting in a collective), and only in the rollouts.
+        single = self.layout.world_size == 1
+        stop = StopSignals(cfg.preemption_grace_s, abandonable=(Trainer._rollouts.__code__,) if single else ())
+        stop.saved(self.step)  # a resumed run's checkpoint, or step 0: nothing to save yet
+        stop.step_rolled_back(self.step)
         last: dict[str, float] = {}
         try:
-            self.refit()  # the generator starts from exactly the policy's weights (after a resume too)
-            if self.step == 0 and cfg.validate_every and self.validation_records:
-                logger.log(0, self.validate())
-            while self.step < self.total_steps:
-                metrics = self.train_step()
-                if cfg.validate_every and (self.step % cfg.validate_every == 0 or self.step == self.total_steps) \
-                        and self.validation_records:
-                    metrics.update(self.validate())
-                logger.log(self.step, metrics)
-                last = metrics
-                stop = collectives.any_rank(preemption.requested)
-                if stop or self.step == self.total_steps or (cfg.save_every and self.step % cfg.save_every == 0):
-                    self.save_checkpoint()
-                if stop:
-                    if self.is_rank0:
-                        log.warning("SIGTERM: saved checkpoint at step %d, exiting", self.step)
-                    break
-            else:
-                self.export_final()
+            with stop:
+                self.refit()  # the generator starts from exactly the policy's weights (after a resume too)
+                if self.step == 0 and cfg.validate_every and self.validation_records:
+                    logger.log(0, self.validate())
+                while self.step < self.total_steps:
+                    if collectives.any_rank(stop.requested):  # a signal between steps (validation, a save)
+                        self._save_for_stop(stop)
+                        break
+                    before = (self.step, self.sampler.state_dict())
+                    stop.step_started(self.step + 1)
+                    try:
+                        metrics = self.train_step()
+                    except StepAbandoned:
+                        self.step = before[0]
+                        self.sampler.load_state_dict(before[1])
+                        stop.step_rolled_back(self.step)
+                        self._save_for_stop(stop)
+                        break
+                    stop.step_finished()
+                    stopping = collectives.any_rank(stop.requested)
+                    urgent = stopping and collectives.any_rank(stop.urgent)
+                    if cfg.validate_every and not urgent and self.validation_records \
+                            and (self.step % cfg.validate_every == 0 or self.step == self.total_steps):
+                        metrics.update(self.validate())
+                    logger.log(self.step, metrics)
+                    last = metrics
+                    if stopping:
+                        self._save_for_stop(stop)
+                        break
+                    if self.step == self.total_steps or (cfg.save_every and self.step % cfg.save_every == 0):
+                        self.save_checkpoint()
+                        stop.saved(self.step)
+                else:
+                    self.export_final()
         finally:
-            preemption.restore()
             logger.close()
             if self.worker is not None:
                 self.worker.close()
         return last
+
+    def _save_for_stop(self, stop: StopSignals) -> None:
+        """A stop signal: checkpoint the last finished step unless it is already on disk, then say what happens."""
+        if self.step > stop.last_saved:
+            self.save_checkpoint()
+            stop.saved(self.step)
+        if self.is_rank0:
+            kept = f"checkpoint of step {self.step} saved" if self.step else "no step finished, nothing to save"
+            log.warning("%s: %s; exiting with status 0 (a requeued job resumes at step %d)", stop.reason or "stop",
+                        kept, self.step + 1)
 
     def export_final(self) -> None:
         """The trained policy as an HF directory (``output_dir/hf``), ready for ``igrpo evaluate``."""
@@ -295,4 +336,5 @@ class Trainer:
     def close(self) -> None:
         from nemo_igrpo.backends.policy.parallel import destroy_parallel
 
-        destroy_parallel()
+        # The engine runs on the default process group: it shuts down after megatron's groups and before that one.
+        destroy_parallel(shutdown=[self.lifecycle.close])

@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from nemo_igrpo.algorithms.advantages import compute_advantages
-from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS
+from nemo_igrpo.algorithms.advantages import ADVANTAGE_ESTIMATORS, compute_advantages
 
 
 def _ref(name: str, rewards: list[list[float]], eps: float) -> list[list[float]]:

@@ -41,6 +41,27 @@ def test_single_draft_and_negative_rewards():
     assert select_best_drafts([[-3.0], [-1.0, -0.5]], [[9], [1, 99]], "shortest") == [0, 1]
 
 
+def test_truncated_draft_never_wins_over_a_complete_one_when_overlong_handling_is_on():
+    # Draft 0 was cut at the limit (64 tokens) but scores higher (e.g. its box came before the cut and it kept the
+    # format); draft 2 is complete with the same accuracy but a lower total reward.
+    rewards, lengths, truncated = [[2.0, 0.0, 1.0]], [[64, 10, 30]], [[True, False, False]]
+    assert select_best_drafts(rewards, lengths, "shortest") == [0]  # overlong handling off: argmax reward (paper)
+    assert select_best_drafts(rewards, lengths, "shortest", truncated) == [2]
+    # Equal rewards: the complete draft, even if it comes later and the tie-break would pick the other.
+    assert select_best_drafts([[1.0, 1.0]], [[64, 64]], "first", [[True, False]]) == [1]
+    # Every draft truncated: the best of them, as usual.
+    assert select_best_drafts([[0.0, 1.0, 1.0]], [[64, 64, 64]], "first", [[True, True, True]]) == [1]
+
+
+def test_truncated_draft_loses_under_the_soft_overlong_penalty_alone():
+    """With the penalty in the reward, the truncated draft's reward is lower by the full weight (-1 x w)."""
+    from nemo_igrpo.rewards.overlong import overlong_penalty
+
+    accuracy, lengths = [1.0, 1.0], [64, 40]
+    rewards = [a + overlong_penalty(n, 64, 16) for a, n in zip(accuracy, lengths)]
+    assert select_best_drafts([rewards], [lengths], "first", [[True, False]]) == [1]
+
+
 @pytest.mark.parametrize("rewards, lengths, tie, match", [
     ([[1.0]], [[1]], "longest", "tie_break"),
     ([[1.0], [0.0]], [[1]], "first", "prompts"),

@@ -5,19 +5,32 @@ How it fits the trainer (details and measured numbers in docs/vllm.md):
 * **In process.** ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vLLM's engine core and its one worker in this Python
   process, so the model object is reachable and ``update_weights`` copies tensors into it in place, with no RPC and
   no serialisation.
-* **SPMD on GPU.** With ``torch.distributed`` initialised (the trainer's ``initialize_parallel``), the engine uses
+* **SPMD.** With ``torch.distributed`` initialised (the trainer's ``initialize_parallel``), the engine uses
   ``distributed_executor_backend="external_launcher"``: every trainer rank builds one engine, the ranks of one
   tensor-parallel group form one vLLM TP group (vLLM TP = policy TP, consecutive ranks as in Megatron), and they must
   all be given the same prompts and seeds: scheduling is deterministic, so they produce identical outputs without
-  talking to each other. Different TP groups are independent replicas (data parallel over prompts).
-* **Sleep mode (GPU).** ``sleep()`` frees the KV cache and offloads (level 1) or discards (level 2) the weights while
-  the policy trains; ``update_weights`` wakes only the weights, ``wake()``/``generate()`` the rest. vLLM has no
-  sleep mode on CPU, where both are no-ops.
+  talking to each other. Different TP groups are independent replicas (data parallel over prompts). The launcher
+  reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, which a lone process (no torchrun, no srun) does not have: they are
+  set from the process group for the engine's construction only and restored afterwards, so nothing (and no port)
+  leaks into child processes.
+* **Memory lifecycle.** The trainer's lifecycle (``nemo_igrpo/trainer/lifecycle.py``) is the only caller of
+  ``sleep``/``wake``/``update_weights`` during training. ``sleep()`` frees the KV cache and offloads (level 1) or
+  discards (level 2) the weights; ``wake(kv_cache=False)`` restores the weights alone before a refit, ``wake()``
+  the rest before generating. The generator never wakes itself: ``generate`` on a sleeping engine and
+  ``update_weights`` into sleeping weights raise. vLLM has no sleep mode on CPU, where sleep and wake are no-ops.
+* **Length.** ``max_model_len`` comes from the run's sequence budget (prompt + Stage-2 draft + completion,
+  ``trainer/memory_plan.py``); a prompt that would not leave room for ``max_new_tokens`` is an error, not a silently
+  shortened completion.
+* **Shutdown.** ``close()`` shuts the engine down, which also tears down vLLM's process groups and the default one it
+  runs on: call it after megatron's groups are gone and before the default group would be destroyed
+  (``destroy_parallel(shutdown=[...])`` does it in that order).
 * **Refit.** ``update_weights`` takes ``(hf_name, tensor)`` pairs (``MegatronPolicy.export_hf_weights()``), groups
-  them into buckets of at most ``refit_bucket_bytes`` (converted to the engine's dtype and device) and hands each
-  bucket to the model's own ``load_weights`` inside one vLLM layerwise-reload session (q/k/v and gate/up land in the
-  packed parameters, kernel-format repacking is redone per layer), then resets the prefix cache: KV blocks computed
-  with the old weights must never serve a prompt again.
+  them into buckets of at most ``refit_bucket_bytes`` (converted to the engine's dtype and device; Mamba's A_log and
+  D stay float32) and hands each bucket to the model's own ``load_weights`` (q/k/v and gate/up land in the packed
+  parameters), inside one vLLM layerwise-reload session (``refit_mode="layerwise"``: kernel-format repacking is
+  redone per layer) or directly (``"load_weights"``, the default for hybrid Mamba models), then resets the prefix
+  cache: KV blocks computed with the old weights must never serve a prompt again.
+* **Hybrid (Nemotron-H).** Prefix caching is off by default for hybrid Mamba models (``engine_kwargs``).
 * **Log-probs.** ``logprobs_mode="processed_logprobs"`` with ``logprobs=0`` returns log_softmax(logits / T) of the
   sampled token, which is what the Megatron policy computes, as long as top-p/top-k are off (the training default).
   With top-p < 1 or top-k > 0 vLLM renormalises over the kept tokens, so the value is log p(token | nucleus); a
@@ -26,6 +39,7 @@ How it fits the trainer (details and measured numbers in docs/vllm.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -34,6 +48,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from nemo_igrpo.backends.conversion import keeps_fp32
 from nemo_igrpo.backends.generation.interface import GenerationInterface, GenerationOutput, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -55,6 +70,32 @@ def request_seed(seed: int, index: int) -> int:
 
     return int(np.random.SeedSequence([int(seed) & _SEED_MASK, int(index)]).generate_state(1, np.uint64)[0]
                & _SEED_MASK)
+
+
+# How a refit enters the engine (see update_weights and GenerationConfig.vllm_refit).
+REFIT_MODES = ("layerwise", "load_weights")
+
+
+def is_hybrid_checkpoint(model_path: str) -> bool:
+    """Whether the HF directory holds a hybrid Mamba model (Nemotron-H), from its config.json's model_type."""
+    import json
+
+    from nemo_igrpo.backends.policy.architecture import is_hybrid
+
+    config = os.path.join(model_path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        return is_hybrid(json.load(f))
+
+
+def resolve_refit_mode(setting: str, model_path: str) -> str:
+    """``generation.vllm_refit`` -> a refit mode: "auto" is load_weights for hybrid models, layerwise otherwise."""
+    if setting == "auto":
+        return "load_weights" if is_hybrid_checkpoint(model_path) else "layerwise"
+    if setting not in REFIT_MODES:
+        raise ValueError(f"config key 'generation.vllm_refit': {setting!r} is not one of {['auto', *REFIT_MODES]}")
+    return setting
 
 
 # Prefill budget of the CPU engine (tokens per scheduler step); see engine_kwargs.
@@ -81,6 +122,34 @@ def _require_in_process() -> None:
         )
 
 
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def launcher_environment():
+    """``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` as vLLM's external launcher reads them, for the duration of the block.
+
+    torchrun and srun (through ``initialize_parallel``) set them; a lone process does not, and vLLM would raise
+    ``KeyError: 'RANK'``. Missing ones are filled from the initialised process group (local rank: the current CUDA
+    device, else 0) and removed again on exit, so that child processes never see them. No MASTER_ADDR/MASTER_PORT:
+    the process group already exists, vLLM joins it instead of opening a rendezvous (a port exported here once leaked
+    into child processes, which then collided on it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    local = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    values = {"RANK": dist.get_rank(), "LOCAL_RANK": local, "WORLD_SIZE": dist.get_world_size()}
+    added = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
+    os.environ.update({name: str(values[name]) for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def _iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, dtype: torch.dtype,
                   device: torch.device) -> Iterator[list[tuple[str, torch.Tensor]]]:
     """Group ``(name, tensor)`` pairs, converted to ``dtype``/``device``, into lists of at most ``bucket_bytes``
@@ -90,8 +159,10 @@ def _iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_byte
     size = 0
     for name, tensor in named_tensors:
         t = tensor.detach()
-        # Floating tensors follow the engine's dtype; integer buffers (none in Llama/Qwen2) keep theirs.
-        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        # Floating tensors follow the engine's dtype, except Mamba's A_log and D, which vLLM keeps in float32 like
+        # the trainer (rounding them would change every head's decay rate); integer buffers keep theirs.
+        target = torch.float32 if keeps_fp32(name) else (dtype if t.is_floating_point() else t.dtype)
+        t = t.to(device=device, dtype=target)
         nbytes = t.numel() * t.element_size()
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
@@ -133,6 +204,11 @@ def _end_reload(worker: Any) -> None:
 
     with set_current_vllm_config(worker.vllm_config), torch.no_grad():
         finalize_layerwise_reload(worker.get_model(), worker.vllm_config.model_config)
+    _drop_derived_caches(worker)
+
+
+def _drop_derived_caches(worker: Any) -> None:
+    """Runs on the worker: drop caches computed from the old weights (after either refit mode)."""
     runner = worker.model_runner
     for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
         if hasattr(runner, reset):
@@ -146,7 +222,8 @@ class VLLMGenerator(GenerationInterface):
     built elsewhere, as long as it runs in this process with ``logprobs_mode="processed_logprobs"``.
     """
 
-    def __init__(self, llm, *, sleep_level: int = 1, refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES):
+    def __init__(self, llm, *, sleep_level: int = 1, refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES,
+                 refit_mode: str = "layerwise"):
         mode = llm.llm_engine.model_config.logprobs_mode
         if mode != "processed_logprobs":
             raise ValueError(f"the engine returns {mode!r} log-probs; the generator needs 'processed_logprobs' "
@@ -155,6 +232,9 @@ class VLLMGenerator(GenerationInterface):
             raise ValueError(f"sleep_level must be 1 (offload weights) or 2 (discard weights), got {sleep_level}")
         if refit_bucket_bytes < 1:
             raise ValueError(f"refit_bucket_bytes must be >= 1, got {refit_bucket_bytes}")
+        if refit_mode not in REFIT_MODES:
+            raise ValueError(f"refit_mode={refit_mode!r}: expected one of {list(REFIT_MODES)}")
+        self.refit_mode = refit_mode
         self.llm = llm
         self.sleep_level = sleep_level
         self.refit_bucket_bytes = int(refit_bucket_bytes)
@@ -171,13 +251,16 @@ class VLLMGenerator(GenerationInterface):
     @staticmethod
     def engine_kwargs(model_path: str, *, tokenizer_path: str = "", precision: str = "auto",
                       tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.6,
-                      enable_prefix_caching: bool = True, enable_sleep_mode: bool = True,
+                      enable_prefix_caching: bool | None = None, enable_sleep_mode: bool = True,
                       max_model_len: int | None = None, trust_remote_code: bool = False, seed: int = 0,
                       **overrides) -> dict[str, Any]:
-        """The ``vllm.LLM`` keyword arguments for a colocated engine on this machine (GPU or CPU)."""
+        """The ``vllm.LLM`` keyword arguments for a colocated engine on this machine (GPU or CPU).
+        ``enable_prefix_caching=None``: on, except for hybrid Mamba models."""
         import torch.distributed as dist
 
         on_gpu = torch.cuda.is_available()
+        if enable_prefix_caching is None:
+            enable_prefix_caching = not is_hybrid_checkpoint(model_path)
         kwargs: dict[str, Any] = dict(
             model=model_path,
             tokenizer=tokenizer_path or model_path,
@@ -191,12 +274,13 @@ class VLLMGenerator(GenerationInterface):
         )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if dist.is_available() and dist.is_initialized():
+            # One engine per trainer rank (SPMD), on the trainer's process group; a TP group's ranks compute the same
+            # outputs in lockstep.
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if on_gpu:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                           enable_sleep_mode=enable_sleep_mode)
-            if dist.is_available() and dist.is_initialized():
-                # One engine per trainer rank (SPMD); a TP group's ranks compute the same outputs in lockstep.
-                kwargs["distributed_executor_backend"] = "external_launcher"
         else:
             if tensor_parallel_size != 1:
                 raise ValueError("the vLLM CPU engine runs with tensor_parallel_size=1 here (one process, 2 cores)")
@@ -213,29 +297,36 @@ class VLLMGenerator(GenerationInterface):
 
     @classmethod
     def from_pretrained(cls, model_path: str, *, sleep_level: int = 1,
-                        refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES, **engine_kwargs) -> "VLLMGenerator":
+                        refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES, refit_mode: str = "auto",
+                        **engine_kwargs) -> "VLLMGenerator":
         """An engine on the HF directory ``model_path`` (config, safetensors, tokenizer); ``engine_kwargs`` go to
-        ``engine_kwargs()``."""
+        ``engine_kwargs()``. ``refit_mode`` as ``generation.vllm_refit``."""
         _require_in_process()
         from vllm import LLM
 
-        return cls(LLM(**cls.engine_kwargs(model_path, **engine_kwargs)), sleep_level=sleep_level,
-                   refit_bucket_bytes=refit_bucket_bytes)
+        mode = resolve_refit_mode(refit_mode, model_path)
+        with launcher_environment():
+            llm = LLM(**cls.engine_kwargs(model_path, **engine_kwargs))
+        return cls(llm, sleep_level=sleep_level, refit_bucket_bytes=refit_bucket_bytes, refit_mode=mode)
 
     @classmethod
-    def from_config(cls, gen, policy) -> "VLLMGenerator":
-        """The trainer's entry point: ``gen`` is a ``GenerationConfig``, ``policy`` a ``PolicyConfig``. The engine
-        starts from the policy's HF checkpoint (same weights as the Megatron model before the first refit)."""
+    def from_config(cls, gen, policy, max_model_len: int | None = None) -> "VLLMGenerator":
+        """The trainer's entry point: ``gen`` is a ``GenerationConfig``, ``policy`` a ``PolicyConfig``,
+        ``max_model_len`` the run's longest sequence (``memory_plan.sequence_budget``). The engine starts from the
+        policy's HF checkpoint (same weights as the Megatron model before the first refit)."""
         if not policy.model_path:
             raise ValueError("config key 'policy.model_path' is empty: the vLLM engine needs an HF model directory")
         return cls.from_pretrained(
             policy.model_path,
+            sleep_level=gen.sleep_level,
+            max_model_len=max_model_len,
             tokenizer_path=policy.tokenizer_path,
             precision=policy.precision,
             tensor_parallel_size=policy.tensor_model_parallel_size,
             gpu_memory_utilization=gen.gpu_memory_utilization,
             enable_prefix_caching=gen.enable_prefix_caching,
             enable_sleep_mode=gen.enable_sleep_mode,
+            refit_mode=gen.vllm_refit,
             trust_remote_code=policy.trust_remote_code,
         )
 
@@ -270,12 +361,22 @@ class VLLMGenerator(GenerationInterface):
         if sampling.max_new_tokens <= 0 or n == 0:
             return GenerationOutput(token_ids=[[] for _ in range(n)], logprobs=[[] for _ in range(n)],
                                     finish_reasons=["length"] * n)
+        if self._asleep:
+            raise RuntimeError("VLLMGenerator.generate: the engine is asleep; the trainer's lifecycle wakes it before "
+                               "generating (nemo_igrpo/trainer/lifecycle.py)")
+        limit = self.max_model_len
+        longest = max(len(p) for p in prompt_ids)
+        if longest + sampling.max_new_tokens > limit:
+            raise ValueError(
+                f"a prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the engine's "
+                f"max_model_len={limit}: vLLM would shorten the completion silently. Raise generation.max_model_len "
+                "(0 derives it from data.max_prompt_tokens, algorithm.refinement.max_draft_tokens and "
+                "generation.max_new_tokens) or lower those")
         if sampling.temperature > 0 and (sampling.top_p < 1.0 or (sampling.top_k or -1) > 0) \
                 and not self._warned_nucleus:
             warnings.warn("vLLM returns log-probs renormalised over the top-p/top-k set; they equal the policy's "
                           "log_softmax(logits / T) only with top_p=1 and top_k=-1", stacklevel=2)
             self._warned_nucleus = True
-        self.wake()
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompt_ids]
         params = [self._sampling_params(sampling, i) for i in range(n)]
         results = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
@@ -295,30 +396,42 @@ class VLLMGenerator(GenerationInterface):
 
     # -- memory -----------------------------------------------------------------------------------------------------
 
+    @property
+    def max_model_len(self) -> int:
+        """The longest prompt + completion the engine accepts."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def sleep_discards_weights(self) -> bool:
+        return self.sleep_enabled and self.sleep_level == 2
+
     def sleep(self) -> None:
         """Free the KV cache and the weights' GPU memory (``sleep_level`` 1: weights offloaded to CPU; 2: discarded,
-        a refit must follow). Also drops the prefix cache. No-op without sleep mode (CPU)."""
+        a refit must follow). Also drops the prefix cache. No-op without sleep mode (CPU) or when asleep."""
         if not self.sleep_enabled or self._asleep:
             return
         self.llm.sleep(level=self.sleep_level)
         self._asleep, self._weights_awake = True, False
 
-    def _wake_weights(self) -> None:
-        if self._asleep and not self._weights_awake:
-            self.llm.wake_up(tags=["weights"])
-            self._weights_awake = True
-
-    def wake(self) -> None:
-        """Restore what ``sleep()`` freed; ``generate()`` calls it itself."""
+    def wake(self, kv_cache: bool = True) -> None:
+        """Restore what ``sleep()`` freed: the weights, and the KV cache unless ``kv_cache=False`` (before a refit:
+        the copy then lands in GPU memory without the KV cache competing for it)."""
         if not self._asleep:
             return
         if not self._weights_awake:
-            if self.sleep_level == 2:
-                warnings.warn("waking a level-2 sleep without a refit: the engine's weights are undefined",
-                              stacklevel=2)
             self.llm.wake_up(tags=["weights"])
-        self.llm.wake_up(tags=["kv_cache"])
-        self._asleep, self._weights_awake = False, True
+            self._weights_awake = True
+        if kv_cache:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down (its worker, scheduler, and the process groups vLLM created, including the default
+        group it ran on). Idempotent."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
 
     # -- refit ------------------------------------------------------------------------------------------------------
 
@@ -330,19 +443,23 @@ class VLLMGenerator(GenerationInterface):
         return self.llm.collective_rpc(probe)[0]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors into the running engine in place, ``refit_bucket_bytes`` at a time, then reset the
-        prefix cache.
+        """Load HF-named tensors into the running engine in place, ``refit_bucket_bytes`` at a time (inside a
+        layerwise-reload session or by plain ``load_weights``, per ``refit_mode``), then reset the prefix cache.
 
         Peak extra memory: one bucket of converted copies (at most ``refit_bucket_bytes``, or one tensor if larger),
         plus what the producer holds. Tensors may alias the producer's parameters (Megatron TP=1 export): they are
-        copied into the engine before the call returns. On a sleeping engine only the weights are woken. With SPMD
+        copied into the engine before the call returns. The weights must be awake (``wake(kv_cache=False)``). With SPMD
         engines every rank must call this with the same tensors (``export_hf_weights`` is a collective anyway).
         """
         t0 = time.perf_counter()
-        self._wake_weights()
+        if not self._weights_awake:
+            raise RuntimeError("VLLMGenerator.update_weights: the weights are asleep; the trainer's lifecycle wakes "
+                               "them (wake(kv_cache=False)) before a refit")
         dtype, device = self._model_dtype_device()
         buckets = 0
-        self.llm.collective_rpc(_begin_reload)
+        layerwise = self.refit_mode == "layerwise"
+        if layerwise:
+            self.llm.collective_rpc(_begin_reload)
         try:
             for bucket in _iter_buckets(named_tensors, self.refit_bucket_bytes, dtype, device):
                 self.llm.collective_rpc(_load_bucket, args=(bucket,))
@@ -350,7 +467,7 @@ class VLLMGenerator(GenerationInterface):
                 del bucket
         finally:
             # Also on error: the model must leave the reload session (its loaders are wrapped until then).
-            self.llm.collective_rpc(_end_reload)
+            self.llm.collective_rpc(_end_reload if layerwise else _drop_derived_caches)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         # Blocks hashed by token ids only: without this, a prompt seen before the refit would reuse KV computed with
