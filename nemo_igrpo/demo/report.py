@@ -96,6 +96,7 @@ def write_report(out: Path, results: dict[str, dict[str, Any]], run_dirs: dict[s
     compare_runs([str(d) for d in run_dirs.values()], out / "compare")
     k = next(iter(results.values()))["sampled"].get("k", "k")
     gain = gains(results)
+    wall = machine.get("wall_seconds", sum(timings.values()))
     md = ["# iGRPO vs GRPO: the CPU demo", "",
           "A tiny Llama warm-started on the synthetic arithmetic task by a teacher that answers half of the problems "
           "without working, then trained with GRPO (8 rollouts per prompt) and iGRPO (4 drafts + 4 refinements) at the "
@@ -136,13 +137,15 @@ def write_report(out: Path, results: dict[str, dict[str, Any]], run_dirs: dict[s
     md += ["", "## Wall clock", "",
            f"{machine.get('cpus')} CPUs; load average (1 min) {machine.get('load_start', 0):.1f} at the start, "
            f"{machine.get('load_end', 0):.1f} at the end; the demo's processes used "
-           f"{machine.get('cpu_seconds', 0):.0f} CPU seconds in {sum(timings.values()):.0f} s "
-           f"({machine.get('cpu_seconds', 0) / max(sum(timings.values()), 1e-9):.2f} cores on average). Every number "
-           "above except the times is independent of the load (all sampling is seeded per step).", "",
+           f"{machine.get('cpu_seconds', 0):.0f} CPU seconds in {wall:.0f} s "
+           f"({machine.get('cpu_seconds', 0) / max(wall, 1e-9):.2f} cores on average), one thread per process. Every "
+           "number above except the times is independent of the load (all sampling is seeded per step).", "",
            "| phase | seconds | CPU seconds |", "|---|---|---|"]
     cpu = machine.get("cpu_seconds_per_phase", {})
     md += [f"| {k2} | {v:.0f} | {cpu[k2]:.0f} |" if k2 in cpu else f"| {k2} | {v:.0f} | - |"
            for k2, v in timings.items()]
+    md += [f"| - {name} process | {r['wall_s']:.0f} | {r['cpu_s']:.0f} |"
+           for name, r in machine.get("train_runs", {}).items()]
     md += ["", "## Training curves", "", "Reward, accuracy and entropy per step for both runs: see "
            "[compare/report.md](compare/report.md).", ""]
     for png in sorted((out / "compare").glob("*.png")):
