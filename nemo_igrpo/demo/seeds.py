@@ -25,6 +25,8 @@ from nemo_igrpo.evaluation.compare import seed_stat
 
 METHODS = ("grpo", "igrpo")
 SMOOTH = 5
+# Steps per row of the drafts-vs-refinements table (the plot has every step).
+WINDOW = 10
 # Per-stage entropy, one estimator for every stage: the mean -log p of the sampled tokens (trainer/rollout.py,
 # ``sampled_entropy``). Stage 2 is what a run trains on: GRPO's single-shot rollouts, iGRPO's refinements.
 ENTROPY_STAGES = (("grpo", "entropy/stage2_sampled", "GRPO, single-shot rollouts"),
@@ -169,7 +171,7 @@ def summarize(demo_dirs: Sequence[str | Path], out_dir: str | Path) -> dict:
     md += [f"iGRPO minus GRPO, avg@4 points: {', '.join(f'{100 * x:+.1f}' for x in diff)} (mean {_stat(diff)})."]
     # Stage 1 against Stage 2 in windows of training.
     steps = max((int(r["step"]) for d in demos for r in d["metrics"]["igrpo"]), default=0)
-    spans = [(1, 10), (steps // 2 - 4, steps // 2 + 5), (steps - 9, steps)] if steps >= 20 else [(1, steps)]
+    spans = [(lo, min(lo + WINDOW - 1, steps)) for lo in range(1, steps + 1, WINDOW)]
     md += ["", "## iGRPO: drafts against refinements (training accuracy %, mean across seeds)", "",
            "| steps | mean draft | best draft | refinement | refinement - mean draft | refinement - best draft |",
            "|---|---|---|---|---|---|"]

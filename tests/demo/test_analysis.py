@@ -79,6 +79,8 @@ def test_seed_summary_table_and_verdict(tmp_path):
     assert res["seeds"] == ["1", "2"]
     assert "in 1 of 2 seeds" in md  # +25 meets the 10-point bar, +5 does not
     assert res["igrpo_minus_grpo"] == pytest.approx([-0.20, 0.05])
+    # one row per 10 steps, consecutive and covering every step
+    assert [w["steps"] for w in res["refinement_windows"]] == [[1, 10], [11, 20]]
     w = res["refinement_windows"][0]
     assert w["accuracy/draft_mean"] == pytest.approx([0.3, 0.3]) and w["accuracy/train"] == pytest.approx([0.4, 0.4])
     assert "| 10.0 ± 0.0 | -20.0 ± 0.0 |" in md  # refinement - mean draft, refinement - best draft
