@@ -108,7 +108,8 @@ def _plots(demos: list[dict], out: Path) -> list[str]:
         ax.plot(steps, [100 * v for v in moving_average(mean, SMOOTH)], label="GRPO rollouts", linestyle="--")
     if drawn:
         ax.set_xlabel("training step")
-        ax.set_ylabel(f"training accuracy % (mean of {len(demos)} seeds, {SMOOTH}-step average)")
+        ax.set_ylabel("training accuracy %")
+        ax.set_title(f"iGRPO drafts vs refinements: mean of {len(demos)} seeds, {SMOOTH}-step average", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
