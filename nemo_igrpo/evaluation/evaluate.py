@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -549,14 +550,45 @@ def build_grader(num_workers: int, timeout_s: float) -> Any:
     return RewardFunction(RewardConfig(weights={"accuracy": 1.0}, num_workers=num_workers, timeout_s=timeout_s))
 
 
+def validated_inputs(args: argparse.Namespace) -> tuple[EvalProtocol, dict[str, list[dict]], Path]:
+    """Everything ``igrpo evaluate`` reads from the user, checked before a model is loaded: the sampling protocol,
+    the dataset files (every line), the model directory (config and safetensors headers) and the tokenizer
+    directory. Any problem is a ``UserError`` naming the flag, file or line."""
+    from nemo_igrpo.backends.conversion.hf_io import check_config_json, check_safetensors_files, hf_weight_files
+    from nemo_igrpo.errors import UserError, require_local_dir
+
+    try:
+        require_local_dir(args.model, "--model")
+        model_dir = check_hf_model_dir(args.model)
+        if args.tokenizer:
+            require_local_dir(args.tokenizer, "--tokenizer")
+        protocol = protocol_from_args(args)
+        protocol.validate()
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if not names:
+            raise ValueError(f"--datasets {args.datasets!r}: no dataset named")
+        paths = resolve_datasets(names, parse_data_flags(args.data))
+        datasets = {name: load_records(path) for name, path in paths.items()}
+    except (ValueError, OSError) as err:  # the validators above raise these, each naming its flag or file
+        if isinstance(err, UserError):
+            raise
+        # EvalProtocol names its fields; say the flag the user typed (protocol.max_new_tokens -> --max-new-tokens).
+        msg = re.sub(r"\bprotocol\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-")
+                     if hasattr(args, m.group(1)) else m.group(0), str(err))
+        raise UserError(msg) from None
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UserError(f"--output {args.output}: exists and is not a directory")
+    check_config_json(model_dir / "config.json")
+    weights = hf_weight_files(model_dir)
+    if not weights:
+        raise UserError(f"--model {model_dir}: no *.safetensors weights (pickle checkpoints are not loaded)")
+    check_safetensors_files(weights)
+    return protocol, datasets, model_dir
+
+
 def run(args: argparse.Namespace) -> int:
     """``igrpo evaluate``."""
-    protocol = protocol_from_args(args)
-    protocol.validate()
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-    paths = resolve_datasets(names, parse_data_flags(args.data))
-    datasets = {name: load_records(path) for name, path in paths.items()}
-    model_dir = check_hf_model_dir(args.model)
+    protocol, datasets, model_dir = validated_inputs(args)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(model_dir), trust_remote_code=args.trust_remote_code)

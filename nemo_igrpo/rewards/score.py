@@ -15,10 +15,11 @@ import os
 import sys
 import tempfile
 
+from nemo_igrpo.errors import UserError
 from nemo_igrpo.rewards.config import RewardConfig
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """A malformed input line; the message names the file and line."""
 
 

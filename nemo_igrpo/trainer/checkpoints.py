@@ -14,6 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nemo_igrpo.errors import UserError
+
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 TRAINER_STATE = "trainer_state.json"
 
@@ -27,8 +29,8 @@ RESUMABLE_CHANGES = (
 )
 
 
-class ResumeError(RuntimeError):
-    pass
+class ResumeError(UserError, RuntimeError):
+    """Resuming would continue a different run (config or model differ), or no checkpoint can be loaded."""
 
 
 def step_dir_name(step: int) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
+
+from nemo_igrpo.errors import env_int
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -20,11 +21,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    return env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
 
 
 def run(args: argparse.Namespace) -> int:
-    from nemo_igrpo.config import ConfigError, load_config
+    from nemo_igrpo.config import ConfigError, check_input_paths, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    rank = env_int("RANK", "SLURM_PROCID", default=0)
+    check_input_paths(cfg)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s")
     from nemo_igrpo.trainer.loop import NonFiniteLossError, Trainer

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from nemo_igrpo.errors import UserError
+
 # Sharded-state-dict metadata the trainer's policy checkpoint uses (MegatronPolicy._sharded_metadata); the model
 # part's keys do not depend on it today, but passing the same keeps the two formats identical by construction.
 SHARDED_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
@@ -45,7 +47,7 @@ _HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """A user-facing error: bad input, unsupported model, a split that does not fit. Printed without traceback."""
 
 
