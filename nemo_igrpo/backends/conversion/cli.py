@@ -335,11 +335,15 @@ def load_model_tensors(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     into per-layer ``decoder.layers.{i}.X``; optimizer state is never read."""
     from megatron.core import dist_checkpointing
 
-    metadata = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
-    wanted = {k: v for k, v in metadata.items() if k.startswith(_MODEL_KEY_PREFIXES)}
-    if not wanted:
-        raise ConversionError(f"{ckpt_dir} holds no model tensors (keys start with {list(_MODEL_KEY_PREFIXES)})")
-    loaded = dist_checkpointing.load(wanted, str(ckpt_dir), validate_access_integrity=False)
+    from nemo_igrpo.backends.safe_checkpoint import safe_dist_checkpoint
+
+    # No pickled code runs: the index is read by a restricted unpickler, every torch.load is weights-only.
+    with safe_dist_checkpoint(ckpt_dir):
+        metadata = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
+        wanted = {k: v for k, v in metadata.items() if k.startswith(_MODEL_KEY_PREFIXES)}
+        if not wanted:
+            raise ConversionError(f"{ckpt_dir} holds no model tensors (keys start with {list(_MODEL_KEY_PREFIXES)})")
+        loaded = dist_checkpointing.load(wanted, str(ckpt_dir), validate_access_integrity=False)
     out: dict[str, torch.Tensor] = {}
     for key in wanted:
         tensor = loaded[key]
