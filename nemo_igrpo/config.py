@@ -229,3 +229,6 @@ def validate(cfg: Config) -> None:
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+    if t.resume and t.overwrite:
+        raise ConfigError("config keys 'trainer.resume' and 'trainer.overwrite': both true contradict each other "
+                          "(continue the run in trainer.output_dir, or replace it): choose one")

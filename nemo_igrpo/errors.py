@@ -18,6 +18,14 @@ class UserError(Exception):
     """A problem with the user's input (arguments, config, files, environment), not with the program."""
 
 
+class InputNotFoundError(UserError, FileNotFoundError):
+    """A file or directory the user named does not exist (still a ``FileNotFoundError`` for callers that catch one)."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output the command would replace exists and no overwrite was asked for."""
+
+
 class DamagedFileError(UserError):
     """A file that exists but is not what it should be (truncated, overwritten, not the format); names the file."""
 

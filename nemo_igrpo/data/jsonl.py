@@ -22,8 +22,9 @@ def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     path = Path(path)
     lineno = 0
     try:
-        with path.open("r", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                line = raw.decode("utf-8")  # per line, so that an error names the right one
                 if not line.strip():
                     continue
                 try:
@@ -38,7 +39,7 @@ def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     except IsADirectoryError:
         raise JsonlError(f"{path}: is a directory, expected a JSONL file") from None
     except UnicodeDecodeError:
-        raise JsonlError(f"{path}:{lineno + 1}: not UTF-8 text") from None
+        raise JsonlError(f"{path}:{lineno}: not UTF-8 text") from None
     except OSError as err:
         raise JsonlError(f"{path}: cannot read ({err.strerror or err})") from None
 

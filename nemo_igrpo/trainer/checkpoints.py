@@ -61,8 +61,6 @@ def existing_run_artifacts(output_dir: str | Path) -> list[str]:
 
 def output_dir_refusal(output_dir: str | Path, resume: bool, overwrite: bool) -> str | None:
     """Why a run may not start in ``output_dir`` (None: it may). Reads only; a refused start changes nothing."""
-    if resume and overwrite:
-        return "trainer.resume=true and trainer.overwrite=true contradict each other: choose one"
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         return f"config key 'trainer.output_dir': {str(out)!r} exists and is not a directory"

@@ -8,8 +8,6 @@ import logging
 import sys
 import types
 
-import pytest
-
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +90,13 @@ def _run_megatron_to_hf(args: argparse.Namespace) -> int:
 
 
 def _report(fn) -> int:
+    """Run a conversion; user errors (``ConversionError`` and the like) reach ``igrpo``, which prints them."""
     try:
         out = fn()
-    except (ConversionError, FileNotFoundError) as err:
-        print(f"igrpo convert: error: {err}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as err:  # hf_io's missing weights or shards: the user's input
+        if isinstance(err, UserError):
+            raise
+        raise ConversionError(str(err)) from None
     print(f"igrpo convert: wrote {out}")
     return 0
 
