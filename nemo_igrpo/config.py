@@ -157,6 +157,7 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
 
 def validate(cfg: Config) -> None:
     """Checks the types cannot express: allowed names, ranges and cross-field rules."""
+    from nemo_igrpo.algorithms.igrpo import check_template
     from nemo_igrpo.algorithms.registry import ADVANTAGE_ESTIMATORS, POLICY_LOSSES
 
     a = cfg.algorithm
@@ -183,9 +184,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(
                 f"config key 'algorithm.refinement.num_drafts': must be in [1, group_size - 1] = [1, {a.group_size - 1}]"
                 f" so that N drafts + G refinements = group_size ({a.group_size}); got {r.num_drafts}")
-        for placeholder in ("{problem}", "{draft}"):
-            if placeholder not in r.template:
-                raise ConfigError(f"config key 'algorithm.refinement.template': must contain {placeholder}")
+        try:
+            check_template(r.template)
+        except ValueError as err:
+            raise ConfigError(f"config key 'algorithm.refinement.template': {err}") from None
         _positive("algorithm.refinement.max_draft_tokens", r.max_draft_tokens)
     for name, weight in cfg.reward.weights.items():
         _choice("reward.weights", name, ["accuracy", "format", "judge"])
@@ -229,6 +231,7 @@ def validate(cfg: Config) -> None:
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
+    _positive("trainer.preemption_grace_s", t.preemption_grace_s, allow_zero=True)
     if t.resume and t.overwrite:
         raise ConfigError("config keys 'trainer.resume' and 'trainer.overwrite': both true contradict each other "
                           "(continue the run in trainer.output_dir, or replace it): choose one")

@@ -60,7 +60,9 @@ def test_budget_rule():
 
 def test_template_needs_placeholders():
     with pytest.raises(ConfigError, match="template.*\\{draft\\}"):
-        load_config(None, ["algorithm.refinement.template=only {problem}"])
+        load_config(None, ["algorithm.refinement.template=only {prompt}"])
+    with pytest.raises(ConfigError, match="template.*use \\{prompt\\}"):
+        load_config(None, ["algorithm.refinement.template=only {problem} {draft}"])
 
 
 def test_missing_file_and_bad_override():

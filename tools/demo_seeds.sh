@@ -11,7 +11,9 @@ IGRPO=${IGRPO:-igrpo}
 [[ -f $OUT/sft/config.json ]] || $IGRPO sft --output "$OUT/sft" --config conf/demo_igrpo.yaml --eval-limit 0
 TEST="$OUT/sft/data/test.jsonl"
 # 25 problems x 8 samples per generate() call keeps the HF generator's batch full.
-EVAL=(--data "demo_test=$TEST" --datasets demo_test --max-new-tokens 96 --max-batch-sequences 200 --problems-per-call 25)
+# --prompt boxed: the demo model was trained on the training prompt (the evaluation default is NeMo-Skills' order).
+EVAL=(--data "demo_test=$TEST" --datasets demo_test --max-new-tokens 96 --max-batch-sequences 200 --problems-per-call 25
+      --prompt boxed)
 evaluate() {  # MODEL_DIR OUT_DIR: avg@8 at T=0.6 / top-p 0.95 (the NeMo-Skills sampling) into OUT_DIR, greedy beside it
   $IGRPO evaluate --model "$1" "${EVAL[@]}" --k 8 --output "$2" >/dev/null
   $IGRPO evaluate --model "$1" "${EVAL[@]}" --k 1 --temperature 0 --top-p 1 --output "$2_greedy" >/dev/null

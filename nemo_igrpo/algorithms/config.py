@@ -8,20 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The paper (arXiv 2602.09000, Sec. 3) describes Stage 2 as appending the best draft to the original prompt, with a
-# prompt that guides the model to improve on it; its exact wording was not available to us, so the two defaults below
-# paraphrase that description. Both are plain config values: set them to the paper's text where it is known.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a careful mathematician. You are given a problem and a previous attempt at it. The attempt may be "
-    "correct or wrong. Use it as a starting point: check its reasoning, fix any mistakes, and write a complete, "
-    "improved solution. Put the final answer within \\boxed{}."
-)
-
+# The paper (arXiv 2602.09000, Sec. 3) builds the Stage-2 prompt as q' = Concat(q, d): the original prompt, then the
+# best draft, with guidance to improve on it. {prompt} is the single-shot user message exactly as Stage 1, GRPO and
+# evaluation send it (problem + instruction); the system prompt is the single-shot one too (data.system_prompt), so a
+# Stage-2 prompt differs from its Stage-1 prompt only by the draft block. The paper's exact guidance wording was not
+# available to us: the text around {draft} paraphrases its description. Set it to the paper's text where it is known.
 DEFAULT_REFINEMENT_TEMPLATE = (
-    "{problem}\n\n"
+    "{prompt}\n\n"
     "Here is a previous attempt at this problem:\n"
     "<previous_attempt>\n{draft}\n</previous_attempt>\n\n"
-    "Refine it into a complete, correct solution."
+    "The attempt may be correct or wrong. Use it as a starting point: check its reasoning, fix any mistakes, and "
+    "write a complete, correct solution."
 )
 
 
@@ -34,15 +31,14 @@ class RefinementConfig:
     # N: Stage-1 drafts per prompt. The rest of the group, G = group_size - N, are Stage-2 refinements, so the
     # rollout budget equals GRPO's K. Paper: GRPO 8 vs iGRPO 4 + 4.
     num_drafts: int = 4
-    # System prompt of Stage-2 prompts (the paper's guidance prompt asks the model to improve on the draft).
-    # Null keeps the dataset's own system prompt; "" sends none.
-    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT
-    # User message of Stage-2 prompts; must contain {problem} and {draft}. The selected draft (its reasoning and its
-    # final answer section) is appended after the problem, as in the paper. Filled in one pass, not with str.format,
-    # so other braces (LaTeX) in the template, the problem or the draft are kept literally.
+    # User message of Stage-2 prompts; must contain {prompt} and {draft}. {prompt} is the single-shot user message
+    # verbatim (problem + data.instruction) and the system message is the single-shot one, so q' = Concat(q, d) as in
+    # the paper and an iGRPO recipe asks for the same answer format as its GRPO twin. {draft} is the selected draft
+    # (its reasoning and its final answer section). Filled in one pass, not with str.format, so other braces (LaTeX)
+    # in the template, the prompt or the draft are kept literally.
     template: str = DEFAULT_REFINEMENT_TEMPLATE
     # Longest draft kept in the refinement prompt, in tokens. Longer drafts lose tokens from the *left* of their
-    # reasoning, so the final answer section survives, and start with "..."; the problem is never cut. Not from the
+    # reasoning, so the final answer section survives, and start with "..."; the original prompt is never cut. Not from the
     # paper (it bounds the Stage-2 prompt: max prompt 1024 + draft must fit the policy's sequence length).
     max_draft_tokens: int = 2048
     # Which draft wins when several share the best reward: "shortest" (fewest tokens, then lowest index) or "first"

@@ -1,7 +1,8 @@
 """iGRPO's two-stage rollout logic (arXiv 2602.09000, Sec. 3), as pure functions over ids, strings and rewards.
 
 Stage 1 samples N drafts per prompt and keeps the highest-reward one (:func:`select_best_drafts`). Stage 2 appends
-that draft to the problem (:func:`build_refinement_messages`) and samples G refinements, the only rollouts trained on.
+that draft to the original prompt, q' = Concat(q, d) (:func:`build_refinement_messages`), and samples G refinements,
+the only rollouts trained on.
 :class:`RolloutBudget` keeps N + G equal to GRPO's group size K; :class:`StageTokenCounter` accounts generation cost.
 """
 
@@ -19,7 +20,8 @@ TIE_BREAKS = ("shortest", "first")
 TRUNCATION_MARKER = "..."
 # Stands in for a draft that decodes to nothing (a draft stopped at once): an empty block reads like a template bug.
 EMPTY_DRAFT_TEXT = "(empty attempt)"
-_PLACEHOLDER = re.compile(r"\{(problem|draft)\}")
+TEMPLATE_PLACEHOLDERS = ("{prompt}", "{draft}")
+_PLACEHOLDER = re.compile(r"\{(prompt|draft)\}")
 
 # Stage names. "stage2" holds the rollouts that are trained on: the refinements in iGRPO, the single-shot answers in
 # GRPO, so that "tokens/stage2" compares the trained tokens and "tokens/generated" the total cost of both recipes.
@@ -80,32 +82,49 @@ def draft_text(draft_token_ids: Sequence[int], decode: Callable[[list[int]], str
     return text if text.strip() else EMPTY_DRAFT_TEXT
 
 
-def fill_template(template: str, problem: str, draft: str) -> str:
-    """``template`` with ``{problem}`` and ``{draft}`` replaced, in ONE pass.
+def check_template(template: str) -> None:
+    """Raise ``ValueError`` unless ``template`` has both placeholders of a Stage-2 user message.
 
-    Not ``str.format``: LaTeX (``\\frac{1}{2}``) in the problem or draft, or in the template itself, would be read as
-    format fields. One regex pass also never re-scans inserted text, so a draft that contains ``{problem}`` stays as
+    ``{problem}`` (the bare problem) is refused by name: a Stage-2 prompt built from it loses the single-shot
+    instruction (e.g. the ``\\boxed{}`` or ``<think>`` request), and the refinements are then graded on a format
+    they were never asked for.
+    """
+    if "{problem}" in template:
+        raise ValueError("the refinement template uses {problem}; use {prompt}, the whole single-shot user message "
+                         "(problem + instruction): the paper's Stage-2 prompt is Concat(q, d), so the instruction "
+                         "must stay")
+    for name in TEMPLATE_PLACEHOLDERS:
+        if name not in template:
+            raise ValueError(f"the refinement template must contain {name}")
+
+
+def fill_template(template: str, prompt: str, draft: str) -> str:
+    """``template`` with ``{prompt}`` and ``{draft}`` replaced, in ONE pass.
+
+    Not ``str.format``: LaTeX (``\\frac{1}{2}``) in the prompt or draft, or in the template itself, would be read as
+    format fields. One regex pass also never re-scans inserted text, so a draft that contains ``{prompt}`` stays as
     written. Every other brace of the template is kept literally.
     """
-    for name in ("{problem}", "{draft}"):
-        if name not in template:
-            raise ValueError(f"refinement template must contain {name}")
-    values = {"problem": problem, "draft": draft}
+    check_template(template)
+    values = {"prompt": prompt, "draft": draft}
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
 
 
-def build_refinement_messages(problem: str, draft_token_ids: Sequence[int], decode: Callable[[list[int]], str],
-                              cfg: RefinementConfig, system_prompt_fallback: str | None) -> list[dict[str, str]]:
-    """Chat messages of one Stage-2 prompt: an optional system message, then the user message.
+def build_refinement_messages(single_shot: Sequence[dict[str, str]], draft_token_ids: Sequence[int],
+                              decode: Callable[[list[int]], str], cfg: RefinementConfig) -> list[dict[str, str]]:
+    """Chat messages of one Stage-2 prompt, q' = Concat(q, d) (arXiv 2602.09000, Sec. 3).
 
-    The system prompt is ``cfg.system_prompt``, or ``system_prompt_fallback`` (the dataset's own) when that is null;
-    none at all when both are empty. The problem is never cut; only the draft is (see :func:`draft_text`).
+    ``single_shot`` is the prompt q as Stage 1, GRPO and evaluation send it (``data.prompts.build_messages``). Every
+    message is kept as is except the last, the user turn, whose content becomes ``cfg.template`` with ``{prompt}``
+    = that content verbatim and ``{draft}`` = the draft (see :func:`draft_text`). So the system prompt and the
+    instruction are the single-shot ones, and only the draft is ever cut.
     """
-    user = fill_template(cfg.template, problem, draft_text(draft_token_ids, decode, cfg.max_draft_tokens))
-    system = cfg.system_prompt if cfg.system_prompt is not None else system_prompt_fallback
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": user})
-    return messages
+    if not single_shot or single_shot[-1].get("role") != "user":
+        raise ValueError("the single-shot prompt must end with a user message, got roles "
+                         f"{[m.get('role') for m in single_shot]}")
+    *head, user = single_shot
+    refined = fill_template(cfg.template, user["content"], draft_text(draft_token_ids, decode, cfg.max_draft_tokens))
+    return [dict(m) for m in head] + [{**user, "content": refined}]
 
 
 # ---------------------------------------------------------------- budget and accounting -----------------------------

@@ -26,7 +26,7 @@ def evaluate_test_split(models: dict[str, Path], out_dir: Path, num_samples: int
 
     from nemo_igrpo.backends.generation.hf_generator import HFGenerator
     from nemo_igrpo.evaluation.evaluate import build_grader, evaluate_model
-    from nemo_igrpo.evaluation.protocol import EvalProtocol
+    from nemo_igrpo.evaluation.protocol import TRAINING_PROMPT, EvalProtocol
 
     records = _test_records()
     results: dict[str, dict[str, Any]] = {}
@@ -39,7 +39,7 @@ def evaluate_test_split(models: dict[str, Path], out_dir: Path, num_samples: int
             for mode, protocol in (("greedy", EvalProtocol(k=1, temperature=0.0, top_p=1.0)),
                                    ("sampled", EvalProtocol(k=num_samples))):
                 protocol.max_new_tokens = MAX_NEW_TOKENS
-                protocol.instruction = DataConfig().instruction
+                protocol.prompt = TRAINING_PROMPT  # the format the demo model was trained on
                 protocol.max_batch_sequences = 200
                 protocol.problems_per_call = max(1, 200 // protocol.k_for("demo_test"))
                 summary = evaluate_model(generator, tokenizer, {"demo_test": records}, protocol,

@@ -60,7 +60,8 @@ def _wrong_attempt(solution: str, answer: str, rng: random.Random) -> str:
 
 def _encode_refinement_examples(tokenizer, records, data_cfg: DataConfig, refinement: RefinementConfig,
                                 fraction: float, seed: int) -> list[tuple[list[int], list[int]]]:
-    """iGRPO Stage-2 prompts (problem + a previous attempt, the recipe's template) answered with the correct solution.
+    """iGRPO Stage-2 prompts (the single-shot prompt + a previous attempt, the recipe's template) answered with the
+    correct solution.
 
     Half of the attempts are right and half have a wrong last step, so the model learns to read the attempt and
     check it rather than copy it: the instruction following that a real reasoning model brings to Stage 2."""
@@ -71,8 +72,8 @@ def _encode_refinement_examples(tokenizer, records, data_cfg: DataConfig, refine
             continue
         draft = rec["solution"] if rng.random() < 0.5 else _wrong_attempt(rec["solution"], rec["answer"], rng)
         draft_ids = tokenizer.encode(draft, add_special_tokens=False)
-        messages = build_refinement_messages(rec["problem"], draft_ids, tokenizer.decode, refinement,
-                                             data_cfg.system_prompt)
+        single_shot = build_messages(rec["problem"], data_cfg.system_prompt, data_cfg.instruction)
+        messages = build_refinement_messages(single_shot, draft_ids, tokenizer.decode, refinement)
         target = tokenizer.encode(rec["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
         out.append((encode_messages(tokenizer, messages), target))
     return out

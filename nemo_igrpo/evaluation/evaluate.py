@@ -1,21 +1,31 @@
 """``igrpo evaluate``: single-shot sampling (no drafts) of k answers per problem, math-verify grading, avg@k / maj@k /
-pass@k with standard errors, written to a resumable per-sample JSONL file, a summary JSON and a markdown table.
+pass@k with standard errors, written to resumable per-sample JSONL files, a summary JSON, a markdown table and
+NeMo-Skills' ``output-rs<j>.jsonl`` files.
 
-The core is split in three so that each part can be used and tested alone:
+The core is split so that each part can be used and tested alone:
 
 - ``generate_chunk``: prompts -> k completions per problem through any ``GenerationInterface`` (HF on CPU, vLLM on
   GPU);
 - ``grade_samples``: responses -> per-sample rows (extracted answer, correct) with the project's reward function;
 - ``aggregate_dataset``: rows -> metrics (``evaluation.metrics``).
 
-``evaluate_model`` ties them together with resumption; the CLI only builds a generator, a tokenizer and a grader.
+``evaluate_model`` ties them together with resumption, sharding and the merge; the CLI only builds a generator, a
+tokenizer and a grader.
 
 Resumption: the samples of a problem are appended (one write, then fsync) only after they are graded, so the file
 holds whole problems, except perhaps a torn last line after a kill. On restart the torn line and any incomplete
 problem are dropped and regenerated, complete problems are kept. Every generate() call is seeded from (protocol seed,
-dataset, first problem id of the call, sub-batch index), and calls group problems by their position in the dataset,
-never by what is left to do, so a resumed evaluation produces the same samples as an uninterrupted one (for a
-generator that is deterministic given its seed, which both backends are on a fixed machine).
+dataset, first problem id of the call, sub-batch index), and calls group problems by their position in the dataset
+(or shard), never by what is left to do, so a resumed evaluation produces the same samples as an uninterrupted one
+(for a generator that is deterministic given its seed, which both backends are on a fixed machine).
+
+Never two models in one directory: the samples' fingerprint (``samples/<set>.protocol.json``) holds the sampling
+settings and the model's identity (``identity.model_identity``: path, digests of config and weights); a run with a
+different model or settings in an existing directory is refused.
+
+Several GPUs: ``--shard I/N`` evaluates problems ``I, I + N, ...`` of every set into ``samples/<set>.shard-I-of-N
+.jsonl`` (one shard per Slurm array task, slurm/evaluate.sbatch); whichever run finds every shard complete merges them
+into the summary. A single run is shard 0/1.
 
 Megatron checkpoints are not loaded here: convert them first with ``igrpo convert megatron-to-hf`` and pass the HF
 directory. Nothing from megatron is imported by this module.
@@ -34,12 +44,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from nemo_igrpo.evaluation import metrics
+from nemo_igrpo.data.jsonl import write_jsonl
+from nemo_igrpo.evaluation import metrics, nemo_skills
+from nemo_igrpo.evaluation.identity import model_identity
 from nemo_igrpo.evaluation.protocol import (
-    INSTRUCTION_PRESETS,
+    DEFAULT_MAX_NEW_TOKENS,
     KNOWN_DATASETS,
+    PROMPT_PRESETS,
     EvalProtocol,
     load_records,
+    render_prompt,
     resolve_datasets,
 )
 from nemo_igrpo.seeding import hashed_seed
@@ -47,6 +61,7 @@ from nemo_igrpo.seeding import hashed_seed
 SAMPLES_DIR = "samples"
 SUMMARY_JSON = "summary.json"
 SUMMARY_MD = "summary.md"
+NEMO_SKILLS_DIR = "nemo_skills"  # NeMo-Skills' layout: nemo_skills/eval-results/<set>/output-rs<j>.jsonl
 # The per-sample row schema (docs/evaluation.md); extra keys: gold answer and grading timeout flag.
 ROW_KEYS = ("dataset", "problem_id", "sample_idx", "response", "extracted", "correct", "num_tokens", "finish_reason")
 
@@ -72,13 +87,14 @@ class Completion:
 
 
 def build_prompt_ids(tokenizer: Any, records: Sequence[dict], protocol: EvalProtocol) -> list[list[int]]:
-    """Token ids of each problem's single-shot prompt, with the same message builder as training prompts."""
-    from nemo_igrpo.data.prompts import build_messages, encode_messages
+    """Token ids of each problem's single-shot prompt: ``protocol.prompt`` with the problem in it as the user message
+    (after the optional system prompt), rendered with the model's chat template."""
+    from nemo_igrpo.data.prompts import encode_messages
 
-    return [
-        encode_messages(tokenizer, build_messages(r["problem"], protocol.system_prompt, protocol.instruction))
-        for r in records
-    ]
+    system = [] if protocol.system_prompt is None else [{"role": "system", "content": protocol.system_prompt}]
+    return [encode_messages(tokenizer, system + [{"role": "user", "content": render_prompt(protocol.prompt,
+                                                                                          r["problem"])}])
+            for r in records]
 
 
 def generate_chunk(
@@ -92,13 +108,14 @@ def generate_chunk(
     stop_token_ids: Sequence[int],
 ) -> list[list[Completion]]:
     """``k`` completions for each of a chunk of problems, in as few generate() calls as ``max_batch_sequences``
-    allows. Sequences are laid out problem-major (all k samples of the first problem, then the next), so sample
-    ``j`` of a problem always sits at the same place of the same seeded call."""
+    allows (one when it is 0: every request in flight at once). Sequences are laid out problem-major (all k samples of
+    the first problem, then the next), so sample ``j`` of a problem always sits at the same place of the same seeded
+    call."""
     from nemo_igrpo.backends.generation.interface import SamplingParams
 
     flat_prompts = [list(p) for p in prompt_ids for _ in range(k)]
     outputs: list[Completion] = []
-    step = protocol.max_batch_sequences
+    step = protocol.max_batch_sequences or max(1, len(flat_prompts))
     for sub, start in enumerate(range(0, len(flat_prompts), step)):
         sampling = SamplingParams(
             temperature=protocol.temperature,
@@ -204,10 +221,11 @@ def aggregate_dataset(rows: Sequence[dict], records: Sequence[dict], k: int) -> 
 # --- the resumable sample file -----------------------------------------------------------------------------------------
 
 
-def load_completed(path: Path, k: int, known_ids: set[str]) -> dict[str, list[dict]]:
-    """The complete problems (all k samples) of a sample file, rewriting the file without a torn last line or
-    incomplete problems so that appends continue from a clean state. A bad line other than the last is corruption,
-    not a kill, and is an error naming the line."""
+def load_completed(path: Path, k: int, known_ids: set[str], repair: bool = True) -> dict[str, list[dict]]:
+    """The complete problems (all k samples) of a sample file. With ``repair`` (the file's own writer), the file is
+    rewritten without a torn last line or incomplete problems so that appends continue from a clean state; a merge
+    reads other shards' files without touching them. A bad line other than the last is corruption, not a kill, and is
+    an error naming the line."""
     if not path.exists():
         return {}
     data = path.read_bytes()
@@ -235,9 +253,7 @@ def load_completed(path: Path, k: int, known_ids: set[str]) -> dict[str, list[di
     for r in rows:
         by_problem.setdefault(r["problem_id"], {})[int(r["sample_idx"])] = r
     complete = {pid: [s[j] for j in range(k)] for pid, s in by_problem.items() if sorted(s) == list(range(k))}
-    if torn or len(complete) != len(by_problem) or sum(map(len, complete.values())) != len(rows):
-        from nemo_igrpo.data.jsonl import write_jsonl
-
+    if repair and (torn or len(complete) != len(by_problem) or sum(map(len, complete.values())) != len(rows)):
         write_jsonl(path, [r for pid in by_problem if pid in complete for r in complete[pid]])
     return complete
 
@@ -251,21 +267,50 @@ def append_rows(path: Path, rows: Sequence[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def _check_fingerprint(path: Path, fingerprint: dict) -> None:
-    """Refuse to resume a sample file written under different sampling settings (the numbers would mix two
-    evaluations); write the fingerprint on first use."""
+def _check_fingerprint(path: Path, fingerprint: dict, write: bool = True) -> None:
+    """Refuse to resume a sample file written by another model or under different sampling settings (the numbers
+    would mix two evaluations); write the fingerprint on first use (``write``)."""
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old != fingerprint:
             diff = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
+            if "model" in diff:
+                was, now = old.get("model") or {}, fingerprint.get("model") or {}
+                raise ValueError(
+                    f"{path.parent.parent}: holds samples of another model ({was.get('path', 'unknown')}, weights "
+                    f"{str(was.get('weights_sha256', '?'))[:12]}), not of {now.get('path')} (weights "
+                    f"{str(now.get('weights_sha256', '?'))[:12]}); evaluations are never mixed: use a new --output "
+                    "directory"
+                )
             raise ValueError(
                 f"{path.parent}: existing samples were drawn with different settings ({', '.join(diff)}); "
                 "use a new --output directory or delete the old one"
             )
         return
-    tmp = path.with_suffix(".tmp")
+    if not write:
+        return
+    # A per-process temporary name: the shards of an array may write the same fingerprint at the same moment.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N."""
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i = n = -1
+    if not sep or n < 1 or not 0 <= i < n:
+        raise ValueError(f"--shard expects INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 3/8), got {text!r}")
+    return i, n
+
+
+def samples_path(output_dir: str | Path, name: str, shard: tuple[int, int]) -> Path:
+    i, n = shard
+    suffix = "" if n == 1 else f".shard-{i}-of-{n}"
+    return Path(output_dir) / SAMPLES_DIR / f"{name}{suffix}.jsonl"
 
 
 # --- the whole evaluation ----------------------------------------------------------------------------------------------
@@ -275,7 +320,28 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def evaluate_dataset(
+def _prepare(records: Sequence[Any], protocol: EvalProtocol) -> tuple[list[dict], set[str]]:
+    # Plain dicts or data.prompts.PromptRecord objects; ids as strings because they key the sample file.
+    records = [_as_record(r) for r in records]
+    # Ids of the whole set, before --limit: a run with a smaller limit than the one that wrote the file must not call
+    # the extra problems foreign.
+    all_ids = {r["id"] for r in records}
+    return (records[: protocol.limit] if protocol.limit else records), all_ids
+
+
+def _fingerprint(protocol: EvalProtocol, name: str, identity: dict | None, shards: int) -> dict:
+    return {**protocol.sampling_fingerprint(name), "model": identity, "shards": shards}
+
+
+def check_output_matches(output_dir: str | Path, datasets: dict[str, Sequence[Any]], protocol: EvalProtocol,
+                         identity: dict | None, shards: int) -> None:
+    """Before any model is loaded: refuse an output directory that holds another model's samples or other settings."""
+    for name in datasets:
+        path = Path(output_dir) / SAMPLES_DIR / f"{name}.protocol.json"
+        _check_fingerprint(path, _fingerprint(protocol, name, identity, shards), write=False)
+
+
+def evaluate_shard(
     generator: Any,
     tokenizer: Any,
     name: str,
@@ -284,50 +350,77 @@ def evaluate_dataset(
     output_dir: str | Path,
     grader: Any,
     stop_token_ids: Sequence[int] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    identity: dict | None = None,
 ) -> dict:
-    """Evaluate one dataset, resuming from ``output_dir/samples/<name>.jsonl``; returns its metrics."""
-    # Plain dicts or data.prompts.PromptRecord objects; ids as strings because they key the sample file.
-    records = [_as_record(r) for r in records]
-    # Ids of the whole set, before --limit: a run with a smaller limit than the one that wrote the file must not call
-    # the extra problems foreign.
-    all_ids = {r["id"] for r in records}
-    if protocol.limit:
-        records = records[: protocol.limit]
+    """Generate and grade what is missing of one dataset's shard (problems ``i, i + n, ...``), resuming from its sample
+    file; returns ``{"samples_file", "problems", "resumed_problems"}``. ``generator=None`` only checks what is done."""
+    records, all_ids = _prepare(records, protocol)
+    records = records[shard[0]::shard[1]]
     k = protocol.k_for(name)
     samples_dir = Path(output_dir) / SAMPLES_DIR
     samples_dir.mkdir(parents=True, exist_ok=True)
-    _check_fingerprint(samples_dir / f"{name}.protocol.json", protocol.sampling_fingerprint(name))
-    path = samples_dir / f"{name}.jsonl"
+    _check_fingerprint(samples_dir / f"{name}.protocol.json", _fingerprint(protocol, name, identity, shard[1]))
+    path = samples_path(output_dir, name, shard)
     done = load_completed(path, k, all_ids)
-    if stop_token_ids is None:
-        stop_token_ids = default_stop_token_ids(tokenizer)
-    t0, n_new = time.perf_counter(), 0
-    per_call = protocol.problems_per_call
-    for start in range(0, len(records), per_call):
-        chunk = records[start : start + per_call]
-        if all(r["id"] in done for r in chunk):
-            continue
-        # The whole chunk is regenerated even if some of it is done: its seeds belong to the chunk, so this is what
-        # reproduces the uninterrupted run; only the missing problems are written.
-        prompts = build_prompt_ids(tokenizer, chunk, protocol)
-        completions = generate_chunk(
-            generator, tokenizer, name, [r["id"] for r in chunk], prompts, k, protocol, stop_token_ids
-        )
-        graded = grade_samples(grader, name, chunk, completions)
-        for rec, rows in zip(chunk, graded):
-            if rec["id"] in done:
+    resumed = sum(r["id"] in done for r in records)
+    if generator is not None:
+        if stop_token_ids is None:
+            stop_token_ids = default_stop_token_ids(tokenizer)
+        t0 = time.perf_counter()
+        per_call = protocol.problems_per_call or max(1, len(records))
+        for start in range(0, len(records), per_call):
+            chunk = records[start : start + per_call]
+            if all(r["id"] in done for r in chunk):
                 continue
-            append_rows(path, rows)
-            done[rec["id"]] = rows
-            n_new += 1
-        n_done = sum(r["id"] in done for r in records)
-        acc = sum(s["correct"] for r in records if r["id"] in done for s in done[r["id"]]) / max(1, n_done * k)
-        _log(f"[{name}] {n_done}/{len(records)} problems, running avg@{k} {acc:.3f}, {time.perf_counter() - t0:.0f}s")
-    rows = [s for r in records for s in done[r["id"]]]
-    summary = aggregate_dataset(rows, records, k)
-    summary["samples_file"] = str(path)
-    summary["resumed_problems"] = len(records) - n_new
-    return summary
+            # The whole chunk is regenerated even if some of it is done: its seeds belong to the chunk, so this is
+            # what reproduces the uninterrupted run; only the missing problems are written.
+            prompts = build_prompt_ids(tokenizer, chunk, protocol)
+            completions = generate_chunk(
+                generator, tokenizer, name, [r["id"] for r in chunk], prompts, k, protocol, stop_token_ids
+            )
+            graded = grade_samples(grader, name, chunk, completions)
+            for rec, rows in zip(chunk, graded):
+                if rec["id"] in done:
+                    continue
+                append_rows(path, rows)
+                done[rec["id"]] = rows
+            n_done = sum(r["id"] in done for r in records)
+            acc = sum(s["correct"] for r in records if r["id"] in done for s in done[r["id"]]) / max(1, n_done * k)
+            _log(f"[{name}{'' if shard[1] == 1 else f' shard {shard[0]}/{shard[1]}'}] {n_done}/{len(records)} "
+                 f"problems, running avg@{k} {acc:.3f}, {time.perf_counter() - t0:.0f}s")
+    return {"samples_file": str(path), "problems": len(records), "resumed_problems": resumed,
+            "complete": all(r["id"] in done for r in records)}
+
+
+def merge_dataset(name: str, records: Sequence[Any], protocol: EvalProtocol, output_dir: str | Path,
+                  shards: int = 1) -> tuple[dict | None, list[int]]:
+    """``(metrics, [])`` once every shard's problems have all their samples, else ``(None, incomplete shards)``.
+    Reads the shards' files without modifying them (their writers may still be appending)."""
+    records, all_ids = _prepare(records, protocol)
+    k = protocol.k_for(name)
+    done: dict[str, list[dict]] = {}
+    missing = []
+    for i in range(shards):
+        shard_done = load_completed(samples_path(output_dir, name, (i, shards)), k, all_ids, repair=False)
+        if any(r["id"] not in shard_done for r in records[i::shards]):
+            missing.append(i)
+        done.update(shard_done)
+    if missing:
+        return None, missing
+    summary = aggregate_dataset([s for r in records for s in done[r["id"]]], records, k)
+    nemo_skills.write_outputs(Path(output_dir) / NEMO_SKILLS_DIR, name, records, done, k)
+    return summary, []
+
+
+def evaluate_dataset(generator: Any, tokenizer: Any, name: str, records: Sequence[dict], protocol: EvalProtocol,
+                     output_dir: str | Path, grader: Any, stop_token_ids: Sequence[int] | None = None,
+                     identity: dict | None = None) -> dict:
+    """Evaluate one whole dataset (shard 0/1) and return its metrics."""
+    info = evaluate_shard(generator, tokenizer, name, records, protocol, output_dir, grader, stop_token_ids,
+                          (0, 1), identity)
+    summary, _ = merge_dataset(name, records, protocol, output_dir, 1)
+    return {**summary, "samples_file": info["samples_file"], "resumed_problems": info["resumed_problems"]}
 
 
 def _as_record(r: Any) -> dict:
@@ -353,23 +446,40 @@ def evaluate_model(
     grader: Any,
     stop_token_ids: Sequence[int] | None = None,
     model_name: str | None = None,
+    shard: tuple[int, int] = (0, 1),
+    identity: dict | None = None,
 ) -> dict:
-    """Evaluate ``generator`` on every dataset (name -> records with ``id``, ``problem``, ``answer``), resumably;
-    write ``summary.json`` and ``summary.md`` in ``output_dir`` and return the summary dict:
-    ``{"model", "protocol", "datasets": {name: metrics}}`` (metric keys in ``evaluation.metrics.summarize``)."""
+    """Evaluate ``generator`` on this run's shard of every dataset (name -> records with ``id``, ``problem``,
+    ``answer``), resumably; when every shard of every dataset is complete, merge them and write ``summary.json``,
+    ``summary.md`` and NeMo-Skills' files in ``output_dir``. Returns ``{"model", "identity", "protocol", "datasets":
+    {name: metrics}, "complete": bool, "pending": {name: [shards not complete yet]}}`` (metric keys in
+    ``evaluation.metrics.summarize``). ``identity`` defaults to ``model_identity(model_name)`` when ``model_name`` is a
+    model directory; ``generator=None`` generates nothing (a merge of what is on disk)."""
     protocol.validate()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    if identity is None and model_name and (Path(model_name) / "config.json").is_file():
+        identity = model_identity(model_name)
+    runs = {name: evaluate_shard(generator, tokenizer, name, records, protocol, output_dir, grader, stop_token_ids,
+                                 shard, identity)
+            for name, records in datasets.items()}
+    results, pending = {}, {}
     for name, records in datasets.items():
-        results[name] = evaluate_dataset(
-            generator, tokenizer, name, records, protocol, output_dir, grader, stop_token_ids
-        )
-    summary = {"model": model_name, "protocol": protocol.as_dict(), "datasets": results}
-    tmp = output_dir / (SUMMARY_JSON + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    os.replace(tmp, output_dir / SUMMARY_JSON)
-    (output_dir / SUMMARY_MD).write_text(summary_markdown(summary), encoding="utf-8")
+        merged, missing = merge_dataset(name, records, protocol, output_dir, shard[1])
+        if merged is None:
+            pending[name] = missing
+        else:
+            results[name] = {**merged, "samples_file": runs[name]["samples_file"],
+                             "resumed_problems": runs[name]["resumed_problems"]}
+    summary = {"model": model_name, "identity": identity, "protocol": protocol.as_dict(), "datasets": results,
+               "complete": not pending, "pending": pending}
+    if not pending:
+        tmp = output_dir / (SUMMARY_JSON + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        os.replace(tmp, output_dir / SUMMARY_JSON)
+        tmp = output_dir / (SUMMARY_MD + f".{os.getpid()}.tmp")
+        tmp.write_text(summary_markdown(summary), encoding="utf-8")
+        os.replace(tmp, output_dir / SUMMARY_MD)
     return summary
 
 
@@ -408,11 +518,21 @@ def summary_markdown(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     p = summary.get("protocol") or {}
     if p:
+        preset = next((name for name, text in PROMPT_PRESETS.items() if text == p.get("prompt")), "custom")
         lines += [
             "",
             f"Sampling: temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
-            f"max new tokens {p.get('max_new_tokens')}, seed {p.get('seed')}.",
+            f"max new tokens {p.get('max_new_tokens')}, seed {p.get('seed')}; prompt: {preset} "
+            f"({json.dumps(p.get('prompt'))}).",
         ]
+    identity = summary.get("identity") or {}
+    if identity:
+        lines.append(f"Model: {identity.get('path')} (config sha256 {identity.get('config_sha256', '')[:12]}, "
+                     f"weights sha256 {identity.get('weights_sha256', '')[:12]}).")
+    agreement = {n: d["nemo_skills_agreement"] for n, d in datasets.items() if "nemo_skills_agreement" in d}
+    if agreement:
+        lines.append("Agreement with NeMo-Skills' own verdicts (share of samples graded alike): "
+                     + ", ".join(f"{n} {_pct(a)}%" for n, a in agreement.items()) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -423,18 +543,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``igrpo evaluate``."""
     p = subparsers.add_parser(
         "evaluate",
-        help="single-shot avg@k / maj@k / pass@k of a model on math sets (resumable)",
+        help="single-shot avg@k / maj@k / pass@k of a model on math sets (NeMo-Skills protocol, resumable)",
         description=(
             "Sample k answers per problem (no drafts: iGRPO inference is single-shot), grade them with math-verify, "
-            "and write per-sample JSONL, summary.json and summary.md to --output. Re-running with the same --output "
-            "resumes a killed evaluation. --model must be a Hugging Face model directory; a Megatron checkpoint "
-            "must first be converted with `igrpo convert megatron-to-hf`."
+            "and write per-sample JSONL, summary.json, summary.md and NeMo-Skills' output-rs<j>.jsonl files to "
+            "--output. Defaults are the paper's NeMo-Skills protocol. Re-running with the same --output resumes a "
+            "killed evaluation; another model in the same --output is refused. --model must be a Hugging Face model "
+            "directory; a Megatron checkpoint must first be converted with `igrpo convert megatron-to-hf`."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="Hugging Face model directory (config.json, weights, tokenizer)")
+    p.add_argument("--model", default=None, help="Hugging Face model directory (config.json, weights, tokenizer)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory, if not the model directory")
-    p.add_argument("--backend", choices=("hf", "vllm"), default="hf", help="hf: transformers (CPU); vllm: GPU")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="hf: transformers (CPU, tests); vllm: a GPU engine that keeps every request in flight")
     p.add_argument(
         "--datasets",
         default="aime24,aime25",
@@ -447,17 +569,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--top-k", type=int, default=-1)
-    p.add_argument("--max-new-tokens", type=int, default=32768, help="use a few hundred for tiny demo models")
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                   help="generation limit (evaluation/protocol.py says where the default comes from); a few hundred "
+                        "for tiny demo models")
     p.add_argument("--limit", type=int, default=0, help="only the first N problems of each set; 0: all")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--instruction",
-        default="boxed",
-        help=f"appended to each problem; a preset ({', '.join(INSTRUCTION_PRESETS)}) or literal text; '' for none",
+        "--prompt",
+        default="nemo-skills",
+        help=f"the user message: a preset ({', '.join(PROMPT_PRESETS)}; nemo-skills: instruction, blank line, "
+             "problem, as NeMo-Skills' generic/math prompt; boxed: this project's training prompt) or a template "
+             "containing {problem}",
     )
     p.add_argument("--system-prompt", default=None)
-    p.add_argument("--problems-per-call", type=int, default=1, help="problems per generate() call (vLLM: raise it)")
-    p.add_argument("--max-batch-sequences", type=int, default=64, help="sequences per generate() call")
+    p.add_argument("--problems-per-call", type=int, default=0,
+                   help="problems per generate() call; 0: the whole set (shard) at once (smaller: finer resumption)")
+    p.add_argument("--max-batch-sequences", type=int, default=0,
+                   help="most sequences per generate() call; 0: no limit (the hf backend then batches by 64)")
+    p.add_argument("--shard", default="0/1", help="INDEX/COUNT: evaluate problems INDEX, INDEX+COUNT, ... of every "
+                   "set (one Slurm array task each); the run that finds every shard complete merges them")
+    p.add_argument("--merge", action="store_true",
+                   help="generate nothing: merge the shards on disk into the summary (an error lists missing shards)")
+    p.add_argument("--from-nemo-skills", default=None, metavar="DIR",
+                   help="grade NeMo-Skills outputs (DIR/eval-results/<set>/output-rs*.jsonl) instead of sampling a "
+                        "model, reporting the agreement with NeMo-Skills' own verdicts")
     p.add_argument("--grader-workers", type=int, default=2, help="math-verify worker processes")
     p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading time limit (s)")
     p.add_argument(
@@ -473,7 +608,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def protocol_from_args(args: argparse.Namespace) -> EvalProtocol:
     """An EvalProtocol from ``igrpo evaluate`` flags."""
-    instruction = INSTRUCTION_PRESETS.get(args.instruction, args.instruction)
     return EvalProtocol(
         k=args.k,
         temperature=args.temperature,
@@ -481,7 +615,7 @@ def protocol_from_args(args: argparse.Namespace) -> EvalProtocol:
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
         system_prompt=args.system_prompt,
-        instruction=instruction,
+        prompt=PROMPT_PRESETS.get(args.prompt, args.prompt),
         seed=args.seed,
         problems_per_call=args.problems_per_call,
         max_batch_sequences=args.max_batch_sequences,
@@ -517,6 +651,28 @@ def check_hf_model_dir(model: str | Path) -> Path:
     raise ValueError(f"--model {path}: no config.json; expected a Hugging Face model directory")
 
 
+def check_context_length(model_dir: Path, tokenizer: Any, datasets: dict[str, Sequence[dict]],
+                         protocol: EvalProtocol) -> None:
+    """Refuse a generation limit the model cannot hold: the longest prompt plus ``max_new_tokens`` must fit in the
+    model's ``max_position_embeddings`` (an engine would refuse those requests, or the answers would be cut)."""
+    try:
+        max_pos = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError):
+        return
+    if not isinstance(max_pos, int):
+        return
+    longest = 0
+    for records in datasets.values():
+        prepared, _ = _prepare(records, protocol)
+        longest = max([longest, *map(len, build_prompt_ids(tokenizer, prepared, protocol))])
+    if longest + protocol.max_new_tokens > max_pos:
+        raise ValueError(
+            f"--max-new-tokens {protocol.max_new_tokens} plus the longest prompt ({longest} tokens) exceeds the "
+            f"model's context, max_position_embeddings={max_pos} in {model_dir / 'config.json'}; use --max-new-tokens "
+            f"{max(1, max_pos - longest)} or less"
+        )
+
+
 def build_generator(args: argparse.Namespace, model_dir: Path, tokenizer: Any) -> Any:
     """The generation backend named by ``--backend``, loaded from an HF directory, through the same constructor the
     trainer uses (``backends.generation.build_generator``); no vLLM sleep mode, since nothing trains here."""
@@ -530,8 +686,8 @@ def build_generator(args: argparse.Namespace, model_dir: Path, tokenizer: Any) -
         top_p=args.top_p,
         top_k=args.top_k,
         max_new_tokens=args.max_new_tokens,
-        # One generate() call of the evaluator is at most max_batch_sequences long; matching it keeps a call one batch.
-        batch_size=args.max_batch_sequences,
+        # The HF backend's own batch bound (vLLM schedules by memory and ignores it).
+        batch_size=args.max_batch_sequences or 64,
         gpu_memory_utilization=args.gpu_memory_utilization,
         enable_sleep_mode=False,
     )
@@ -550,23 +706,39 @@ def build_grader(num_workers: int, timeout_s: float) -> Any:
     return RewardFunction(RewardConfig(weights={"accuracy": 1.0}, num_workers=num_workers, timeout_s=timeout_s))
 
 
-def validated_inputs(args: argparse.Namespace) -> tuple[EvalProtocol, dict[str, list[dict]], Path]:
-    """Everything ``igrpo evaluate`` reads from the user, checked before a model is loaded: the sampling protocol,
-    the dataset files (every line), the model directory (config and safetensors headers) and the tokenizer
-    directory. Any problem is a ``UserError`` naming the flag, file or line."""
+def _report(summary: dict, shard: tuple[int, int]) -> int:
+    if summary["complete"]:
+        print(summary_markdown(summary))
+        return 0
+    pending = "; ".join(f"{name}: shards {', '.join(map(str, s))}" for name, s in summary["pending"].items())
+    _log(f"shard {shard[0]}/{shard[1]} is done; still running: {pending}. The run that completes the last shard "
+         "writes summary.md (or run again with --merge once they are all done)")
+    return 0
+
+
+def validated_inputs(args: argparse.Namespace):
+    """Everything ``igrpo evaluate`` reads from the user, checked before a model is loaded: the sampling protocol and
+    shard, the model directory (config and safetensors headers), the tokenizer directory and the dataset files (every
+    line). Returns ``(protocol, shard, names, datasets, model_dir)`` (the last two None with --from-nemo-skills). Any
+    problem is a ``UserError`` naming the flag, file or line."""
     from nemo_igrpo.backends.conversion.hf_io import check_config_json, check_safetensors_files, hf_weight_files
     from nemo_igrpo.errors import UserError, require_local_dir
 
     try:
+        protocol = protocol_from_args(args)
+        protocol.validate()
+        shard = parse_shard(args.shard)
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if not names:
+            raise ValueError(f"--datasets {args.datasets!r}: no dataset named")
+        if args.from_nemo_skills:
+            return protocol, shard, names, None, None
+        if not args.model:
+            raise ValueError("--model is required (or --from-nemo-skills DIR)")
         require_local_dir(args.model, "--model")
         model_dir = check_hf_model_dir(args.model)
         if args.tokenizer:
             require_local_dir(args.tokenizer, "--tokenizer")
-        protocol = protocol_from_args(args)
-        protocol.validate()
-        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-        if not names:
-            raise ValueError(f"--datasets {args.datasets!r}: no dataset named")
         paths = resolve_datasets(names, parse_data_flags(args.data))
         datasets = {name: load_records(path) for name, path in paths.items()}
     except (ValueError, OSError) as err:  # the validators above raise these, each naming its flag or file
@@ -583,25 +755,63 @@ def validated_inputs(args: argparse.Namespace) -> tuple[EvalProtocol, dict[str, 
     if not weights:
         raise UserError(f"--model {model_dir}: no *.safetensors weights (pickle checkpoints are not loaded)")
     check_safetensors_files(weights)
-    return protocol, datasets, model_dir
+    return protocol, shard, names, datasets, model_dir
 
 
 def run(args: argparse.Namespace) -> int:
     """``igrpo evaluate``."""
-    protocol, datasets, model_dir = validated_inputs(args)
+    protocol, shard, names, datasets, model_dir = validated_inputs(args)
+    if args.from_nemo_skills:
+        return run_from_nemo_skills(args, names, protocol)
+    identity = model_identity(model_dir)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(model_dir), trust_remote_code=args.trust_remote_code)
     try:
-        generator = build_generator(args, model_dir, tokenizer)
-    except RuntimeError as err:
+        check_output_matches(args.output, datasets, protocol, identity, shard[1])
+        check_context_length(model_dir, tokenizer, datasets, protocol)
+        generator = None if args.merge else build_generator(args, model_dir, tokenizer)
+        with build_grader(args.grader_workers, args.grader_timeout) as grader:
+            summary = evaluate_model(
+                generator, tokenizer, datasets, protocol, args.output, grader,
+                stop_token_ids=stop_token_ids_for(model_dir, tokenizer), model_name=str(model_dir), shard=shard,
+                identity=identity,
+            )
+    except (RuntimeError, ValueError) as err:  # a missing backend, a context too short, another model's samples
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.merge and not summary["complete"]:
+        print(f"error: --merge: not every shard is complete ({summary['pending']})", file=sys.stderr)
+        return 2
+    return _report(summary, shard)
+
+
+def run_from_nemo_skills(args: argparse.Namespace, names: Sequence[str], protocol: EvalProtocol) -> int:
+    """Grade NeMo-Skills' generations with this project's grader and report both verdicts."""
+    output_dir = Path(args.output)
+    (output_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
+    results = {}
     with build_grader(args.grader_workers, args.grader_timeout) as grader:
-        summary = evaluate_model(
-            generator, tokenizer, datasets, protocol, args.output, grader,
-            stop_token_ids=stop_token_ids_for(model_dir, tokenizer), model_name=str(model_dir),
-        )
+        for name in names:
+            ns = nemo_skills.read_outputs(args.from_nemo_skills, name)
+            k = len(ns.files)
+            completions = [[Completion(text, n, "unknown") for text, n in zip(texts, toks)]
+                           for texts, toks in zip(ns.responses, ns.num_tokens)]
+            graded = grade_samples(grader, name, ns.records, completions)
+            write_jsonl(output_dir / SAMPLES_DIR / f"{name}.jsonl", [row for rows in graded for row in rows])
+            summary = aggregate_dataset([row for rows in graded for row in rows], ns.records, k)
+            pairs = [(row["correct"], theirs) for rows, verdicts in zip(graded, ns.their_correct)
+                     for row, theirs in zip(rows, verdicts) if theirs is not None]
+            if pairs:
+                summary["nemo_skills_agreement"] = sum(a == b for a, b in pairs) / len(pairs)
+                summary["nemo_skills_avg@k"] = metrics.avg_at_k(
+                    [[bool(v) for v in verdicts] for verdicts in ns.their_correct]).mean
+            summary["nemo_skills_files"] = [str(f) for f in ns.files]
+            results[name] = summary
+    summary = {"model": f"NeMo-Skills outputs in {args.from_nemo_skills}", "identity": None, "protocol": {},
+               "datasets": results, "complete": True, "pending": {}}
+    (output_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    (output_dir / SUMMARY_MD).write_text(summary_markdown(summary), encoding="utf-8")
     print(summary_markdown(summary))
     return 0
 

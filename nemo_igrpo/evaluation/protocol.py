@@ -3,16 +3,18 @@
 Defaults, each overridable (``EvalProtocol`` fields, or the ``igrpo evaluate`` flags):
 
 - samples per problem: 64 for AIME24/AIME25, 8 for every other set (paper Sec. 4: "pass@1 averaged over 64 samples for
-  AIME24/25 and 8 for the others");
-- temperature 0.6, top-p 0.95, no top-k;
-- a long generation limit (32768 new tokens), because reasoning models are cut off by shorter limits and a cut-off
-  answer is graded wrong; tiny local models want a much smaller value (``--max-new-tokens``);
-- the instruction appended to the problem: ``Put the final answer within \\boxed{}.``, the same sentence the training
-  prompts use (``DataConfig.instruction``), so that a trained checkpoint is evaluated on the prompt format it was
-  trained on. NeMo-Skills' generic math prompt (``nemo_skills/prompt/config/generic/math.yaml``) instead *prefixes* the
-  problem with ``Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}.``;
-  that wording is kept here as ``NEMO_SKILLS_MATH_INSTRUCTION`` for reproducing NeMo-Skills numbers of a model that
-  was not trained by this project (``--instruction nemo-skills``).
+  AIME24/25 and 8 for the others"), reported as avg@k;
+- temperature 0.6, top-p 0.95, no top-k (NeMo-Skills' and the paper's sampling);
+- the generation limit, ``DEFAULT_MAX_NEW_TOKENS`` = 65,536 new tokens. The iGRPO paper evaluates OpenReasoning-
+  Nemotron-7B with NeMo-Skills and states a limit longer than the 32,768 used here before; the exact figure is not
+  in the sources this repository could read, so the default is the 64K output tokens NVIDIA's model card reports for
+  evaluating OpenReasoning-Nemotron. A cut-off answer is graded wrong, so a shorter limit lowers the score of a
+  long-reasoning model. The CLI refuses a limit the model's context (``max_position_embeddings``) cannot hold;
+- the prompt in NeMo-Skills' order (``nemo_skills/prompt/config/generic/math.yaml``): the instruction first, a blank
+  line, then the problem, as the user message of the model's chat template, no system prompt. ``--prompt boxed``
+  selects this project's training prompt instead (the problem, then ``Put the final answer within \\boxed{}.``);
+- all of a dataset's requests in flight at once: one generate() call per dataset (per shard), which an engine like vLLM
+  schedules as one continuous batch (``problems_per_call`` makes smaller calls: finer resumption, less throughput).
 """
 
 from __future__ import annotations
@@ -22,19 +24,30 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The instruction of this project's training prompts (DataConfig.instruction); the evaluation default.
-BOXED_INSTRUCTION = "Put the final answer within \\boxed{}."
-# NeMo-Skills' generic math prompt sentence (their template puts it before the problem; we append instructions after
-# the problem, which is the only placement build_messages offers: say so when you compare with their numbers).
-NEMO_SKILLS_MATH_INSTRUCTION = (
-    "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}."
+from nemo_igrpo.data.config import DataConfig
+
+# NeMo-Skills' generic math prompt (nemo_skills/prompt/config/generic/math.yaml, without few-shot examples).
+NEMO_SKILLS_MATH_PROMPT = (
+    "Solve the following math problem. Make sure to put the answer (and only answer) inside \\boxed{}.\n\n{problem}"
 )
-# Named instructions accepted by --instruction.
-INSTRUCTION_PRESETS = {"boxed": BOXED_INSTRUCTION, "nemo-skills": NEMO_SKILLS_MATH_INSTRUCTION}
+# This project's training prompt (data.prompts.build_messages with DataConfig.instruction): the problem, a space, the
+# instruction.
+TRAINING_PROMPT = "{problem} " + DataConfig().instruction
+# Named prompts accepted by --prompt; anything else must be a template containing {problem}.
+PROMPT_PRESETS = {"nemo-skills": NEMO_SKILLS_MATH_PROMPT, "boxed": TRAINING_PROMPT}
+PROBLEM_PLACEHOLDER = "{problem}"
 
 # Sets evaluated with 64 samples per problem (few problems, high variance); every other set gets DEFAULT_K.
 K_PER_DATASET = {"aime24": 64, "aime25": 64}
 DEFAULT_K = 8
+# See the module docstring for where this number comes from.
+DEFAULT_MAX_NEW_TOKENS = 65536
+
+
+def render_prompt(template: str, problem: str) -> str:
+    """The user message: ``template`` with the problem in place of ``{problem}`` (a plain replacement, so braces in the
+    problem or in ``\\boxed{}`` are kept as they are)."""
+    return template.replace(PROBLEM_PLACEHOLDER, problem)
 
 
 @dataclass
@@ -45,16 +58,18 @@ class EvalProtocol:
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = -1
-    max_new_tokens: int = 32768
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     system_prompt: str | None = None
-    instruction: str = BOXED_INSTRUCTION
+    # The user message, with {problem} where the problem goes (PROMPT_PRESETS).
+    prompt: str = NEMO_SKILLS_MATH_PROMPT
     # Base seed; every generate() call's seed derives from (seed, dataset, first problem id of the call, sub-batch).
     seed: int = 0
-    # Problems whose samples are generated in one generate() call. Larger batches keep a vLLM engine busy; the
-    # grouping is fixed by problem order (not by what a resumed run still has to do), so resuming reproduces it.
-    problems_per_call: int = 1
-    # Most sequences in one generate() call; a call with more (k * problems_per_call) is split into fixed sub-batches.
-    max_batch_sequences: int = 64
+    # Problems whose samples are generated in one generate() call; 0: all of the dataset's (shard's) problems, so an
+    # engine keeps every request in flight. The grouping is fixed by problem order (not by what a resumed run still
+    # has to do), so resuming reproduces it; a killed call is regenerated whole.
+    problems_per_call: int = 0
+    # Most sequences in one generate() call (a larger call is split into fixed sub-batches); 0: no limit.
+    max_batch_sequences: int = 0
     # Evaluate only the first N problems of each set (smoke tests); 0: all. Raising it later in the same output
     # directory extends the evaluation; the samples equal a full run's when N is a multiple of problems_per_call
     # (otherwise the last call of the smaller run held fewer problems).
@@ -83,10 +98,13 @@ class EvalProtocol:
             raise ValueError(f"protocol.top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"protocol.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.problems_per_call < 1 or self.max_batch_sequences < 1:
-            raise ValueError("protocol.problems_per_call and protocol.max_batch_sequences must be >= 1")
+        if self.problems_per_call < 0 or self.max_batch_sequences < 0:
+            raise ValueError("protocol.problems_per_call and protocol.max_batch_sequences must be >= 0 (0: no limit)")
         if self.limit < 0:
             raise ValueError(f"protocol.limit must be >= 0, got {self.limit}")
+        if PROBLEM_PLACEHOLDER not in self.prompt:
+            raise ValueError(f"protocol.prompt must contain {PROBLEM_PLACEHOLDER} (or be one of "
+                             f"{sorted(PROMPT_PRESETS)}), got {self.prompt!r}")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -110,12 +128,17 @@ KNOWN_DATASETS = {"aime24": "aime24.jsonl", "aime25": "aime25.jsonl"}
 DATA_DIR_ENV = "IGRPO_EVAL_DATA_DIR"
 
 
+# The data directory of the recipes and slurm scripts (docs/cluster.md), where `igrpo prepare-data` writes <set>.jsonl.
+CLUSTER_DATA_DIR_ENV = "DATA_DIR"
+
+
 def default_data_dirs() -> list[Path]:
-    """Where known sets are looked for, in order: $IGRPO_EVAL_DATA_DIR, ``../shared/data`` next to the repository
-    checkout, and ``../shared/data`` relative to the working directory."""
+    """Where known sets are looked for, in order: $IGRPO_EVAL_DATA_DIR, $DATA_DIR, ``../shared/data`` next to the
+    repository checkout, and ``../shared/data`` relative to the working directory."""
     dirs = []
-    if os.environ.get(DATA_DIR_ENV):
-        dirs.append(Path(os.environ[DATA_DIR_ENV]))
+    for var in (DATA_DIR_ENV, CLUSTER_DATA_DIR_ENV):
+        if os.environ.get(var):
+            dirs.append(Path(os.environ[var]))
     repo_root = Path(__file__).resolve().parents[2]
     dirs.append(repo_root.parent / "shared" / "data")
     dirs.append(Path.cwd().parent / "shared" / "data")

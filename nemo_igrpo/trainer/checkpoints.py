@@ -32,7 +32,7 @@ RESUMABLE_CHANGES = (
     "trainer.validate_every", "trainer.progress_bar", "trainer.tensorboard", "trainer.wandb", "trainer.wandb_project",
     "trainer.output_dir", "reward.num_workers", "generation.batch_size", "policy.micro_batch_size",
     "policy.tensor_model_parallel_size", "policy.pipeline_model_parallel_size", "policy.model_path",
-    "policy.tokenizer_path",
+    "policy.tokenizer_path", "trainer.preemption_grace_s",
 )
 
 

@@ -14,7 +14,9 @@ class TrainerConfig:
     # schedule (policy.optimizer) spans this many steps: raising it on resume stretches the schedule over the new
     # length, so the LR at the resumed step is recomputed and can go back up (a warning gives both values).
     max_steps: int = 0
-    # Checkpoint every k steps (and at the end, and on SIGTERM). 0: only at the end.
+    # Checkpoint every k steps (and at the end, and on a stop signal). 0: only at the end. A preemption (SIGTERM) whose
+    # grace period is shorter than the step in flight loses the steps since the last checkpoint: up to save_every
+    # (trainer/stop_signals.py; docs/cluster.md, "Preemption").
     save_every: int = 50
     # Keep this many newest complete checkpoints; older ones are deleted after a new one is complete. 0 keeps all.
     keep_checkpoints: int = 2
@@ -32,6 +34,11 @@ class TrainerConfig:
     overwrite: bool = False
     # Resume even when the checkpoint's model or config differ from this run's (normally refused).
     force_resume: bool = False
+    # After SIGTERM/SIGINT, wait at most this many seconds for the step in flight to end and its checkpoint to be
+    # written; past it the process says which steps are lost and exits 0, so that the batch script can requeue before
+    # Slurm's SIGKILL. Set it a little below the cluster's preemption grace time (`scontrol show config | grep -i
+    # grace`). 0: wait as long as it takes. SIGUSR1 (the time-limit warning) is not bounded by it.
+    preemption_grace_s: float = 60.0
     # Global seed: sampling, shuffling and initialisation derive from it.
     seed: int = 42
     # This many non-finite losses in a row stop the run (one is skipped and counted).

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from nemo_igrpo.trainer.checkpoints import (CheckpointDirectory, OutputDirError,
 from nemo_igrpo.trainer.data import load_prompt_splits
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
+from nemo_igrpo.trainer.stop_signals import StepAbandoned, StopSignals
 
 log = logging.getLogger("nemo_igrpo.trainer")
 
@@ -45,20 +45,6 @@ _SUMMED_OVER_RANKS = ("tokens/", "sequences/")
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-class _Preemption:
-    """SIGTERM (Slurm preemption, ``scancel``) asks for a checkpoint at the end of the current step, then exit."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
 
 
 def model_fingerprint(hf_config: Any) -> dict[str, Any]:
@@ -290,34 +276,63 @@ class Trainer:
                                wandb_project=cfg.wandb_project, run_name=self.cfg.name, config=to_dict(self.cfg),
                                progress_bar=cfg.progress_bar, total_steps=self.total_steps, initial_step=self.step,
                                truncate_after_step=self.step)
-        preemption = _Preemption()
+        # Signals (stop_signals.py): USR1 saves after the step, TERM/INT save as soon as the policy can. Only a single
+        # process may abandon a step mid-way (no peer can be left waiting in a collective), and only in the rollouts.
+        single = self.layout.world_size == 1
+        stop = StopSignals(cfg.preemption_grace_s, abandonable=(Trainer._rollouts.__code__,) if single else ())
+        stop.saved(self.step)  # a resumed run's checkpoint, or step 0: nothing to save yet
+        stop.step_rolled_back(self.step)
         last: dict[str, float] = {}
         try:
-            self.refit()  # the generator starts from exactly the policy's weights (after a resume too)
-            if self.step == 0 and cfg.validate_every and self.validation_records:
-                logger.log(0, self.validate())
-            while self.step < self.total_steps:
-                metrics = self.train_step()
-                if cfg.validate_every and (self.step % cfg.validate_every == 0 or self.step == self.total_steps) \
-                        and self.validation_records:
-                    metrics.update(self.validate())
-                logger.log(self.step, metrics)
-                last = metrics
-                stop = collectives.any_rank(preemption.requested)
-                if stop or self.step == self.total_steps or (cfg.save_every and self.step % cfg.save_every == 0):
-                    self.save_checkpoint()
-                if stop:
-                    if self.is_rank0:
-                        log.warning("SIGTERM: saved checkpoint at step %d, exiting", self.step)
-                    break
-            else:
-                self.export_final()
+            with stop:
+                self.refit()  # the generator starts from exactly the policy's weights (after a resume too)
+                if self.step == 0 and cfg.validate_every and self.validation_records:
+                    logger.log(0, self.validate())
+                while self.step < self.total_steps:
+                    if collectives.any_rank(stop.requested):  # a signal between steps (validation, a save)
+                        self._save_for_stop(stop)
+                        break
+                    before = (self.step, self.sampler.state_dict())
+                    stop.step_started(self.step + 1)
+                    try:
+                        metrics = self.train_step()
+                    except StepAbandoned:
+                        self.step = before[0]
+                        self.sampler.load_state_dict(before[1])
+                        stop.step_rolled_back(self.step)
+                        self._save_for_stop(stop)
+                        break
+                    stop.step_finished()
+                    stopping = collectives.any_rank(stop.requested)
+                    urgent = stopping and collectives.any_rank(stop.urgent)
+                    if cfg.validate_every and not urgent and self.validation_records \
+                            and (self.step % cfg.validate_every == 0 or self.step == self.total_steps):
+                        metrics.update(self.validate())
+                    logger.log(self.step, metrics)
+                    last = metrics
+                    if stopping:
+                        self._save_for_stop(stop)
+                        break
+                    if self.step == self.total_steps or (cfg.save_every and self.step % cfg.save_every == 0):
+                        self.save_checkpoint()
+                        stop.saved(self.step)
+                else:
+                    self.export_final()
         finally:
-            preemption.restore()
             logger.close()
             if self.worker is not None:
                 self.worker.close()
         return last
+
+    def _save_for_stop(self, stop: StopSignals) -> None:
+        """A stop signal: checkpoint the last finished step unless it is already on disk, then say what happens."""
+        if self.step > stop.last_saved:
+            self.save_checkpoint()
+            stop.saved(self.step)
+        if self.is_rank0:
+            kept = f"checkpoint of step {self.step} saved" if self.step else "no step finished, nothing to save"
+            log.warning("%s: %s; exiting with status 0 (a requeued job resumes at step %d)", stop.reason or "stop",
+                        kept, self.step + 1)
 
     def export_final(self) -> None:
         """The trained policy as an HF directory (``output_dir/hf``), ready for ``igrpo evaluate``."""

@@ -1,16 +1,21 @@
-"""What a run would do, without doing it: the text behind ``igrpo train --dry-run``.
+"""What a run would do, and whether it can, without doing it: the text behind ``igrpo train --dry-run``.
 
-``describe_plan`` resolves the configuration, checks that the parallel layout fits the world size and spells out the
-per-step rollout budget, so that a researcher can check a recipe (and its GRPO twin's matched budget) before asking
-a cluster for 16 GPUs. Pure Python on purpose: it must run on a login node, without megatron, torch.distributed or
-a GPU.
+``build_plan`` resolves the configuration for a stated layout (nodes x GPUs per node), spells out the per-step rollout
+budget, and (``plan_inputs.inspect_inputs``) opens everything the job will need: the model directory, every data file
+and the output directory. Every problem is collected, each naming the config key or file that causes it, so that one
+dry run on a login node reports them all before a cluster allocates GPUs. Pure Python on purpose: no megatron,
+torch.distributed or GPU.
+
+``describe_plan`` renders a plan as sections (``PLAN_SECTIONS``, functions ``Plan -> lines``); a new section is one
+function appended to that list.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import OmegaConf
@@ -60,6 +65,24 @@ def resolved_config_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redact_secrets(dataclasses.asdict(cfg))))
 
 
+# --- the layout --------------------------------------------------------------------------------------------------------
+
+# A recipe states the layout it was sized for in a header comment, e.g. "# Layout: 2 nodes x 8 GPUs"; the dry run
+# plans for it unless --nodes / --gpus-per-node say otherwise. CPU recipes say "1 node x 1 process".
+_LAYOUT_COMMENT = re.compile(r"^#\s*Layout:\s*(\d+)\s*nodes?\s*x\s*(\d+)\s*(?:GPUs?|process(?:es)?)\b",
+                             re.IGNORECASE | re.MULTILINE)
+
+
+def recipe_layout(config_path: str | Path) -> tuple[int, int] | None:
+    """``(nodes, gpus_per_node)`` from the recipe's ``# Layout: N nodes x G GPUs`` comment, or None."""
+    try:
+        text = Path(config_path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    m = _LAYOUT_COMMENT.search(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     tp: int
@@ -103,34 +126,122 @@ def step_budget(cfg: Config) -> StepBudget:
                       trained=prompts * g, max_generated_tokens=completions * cfg.generation.max_new_tokens)
 
 
+# --- the plan ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Something that would make the job fail: ``where`` is the config key or the file, ``what`` the reason."""
+
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+@dataclasses.dataclass
+class DataFile:
+    key: str  # data.train_file, ...
+    path: str
+    rows: int | None = None  # None: not readable
+
+
+@dataclasses.dataclass
+class Plan:
+    cfg: Config
+    world_size: int
+    layout_source: str  # where the world size came from, for the reader
+    layout: Layout | None = None  # None when TP x PP does not divide the world size
+    budget: StepBudget | None = None
+    inspected: bool = False  # whether model, data and output were opened
+    model_config: dict | None = None  # config.json of policy.model_path, when readable
+    data: list[DataFile] = dataclasses.field(default_factory=list)
+    train_rows: int | None = None  # training prompts (file rows, or the synthetic task's size)
+    steps_per_epoch: int | None = None
+    total_steps: int | None = None
+    checks: list[str] = dataclasses.field(default_factory=list)  # what was verified, one line each
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    problems: list[Problem] = dataclasses.field(default_factory=list)
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(Problem(where, what))
+
+
+def build_plan(cfg: Config, world_size: int, *, layout_source: str = "", inspect: bool = True) -> Plan:
+    """The plan of ``cfg`` on ``world_size`` ranks. With ``inspect``, also open the model directory, the data files
+    and the output directory; every problem found is in ``plan.problems`` (nothing raises for them)."""
+    plan = Plan(cfg=cfg, world_size=world_size, layout_source=layout_source or f"world size {world_size}")
+    try:
+        plan.layout = parallel_layout(cfg, world_size)
+    except ConfigError as err:
+        plan.problem("policy.tensor_model_parallel_size / policy.pipeline_model_parallel_size", str(err))
+    plan.budget = step_budget(cfg)
+    if plan.layout is not None and plan.budget.prompts % plan.layout.dp:
+        plan.problem("data.prompts_per_step", f"{plan.budget.prompts} is not divisible by the data-parallel size "
+                     f"{plan.layout.dp} (the trainer refuses unequal shares)")
+    if plan.layout is not None:
+        dp, mbs = plan.layout.dp, cfg.policy.micro_batch_size
+        if plan.budget.trained % dp == 0 and (plan.budget.trained // dp) % mbs:
+            plan.warnings.append(f"trained sequences per DP rank ({plan.budget.trained // dp}) is not a multiple of "
+                                 f"policy.micro_batch_size ({mbs}): the last micro-batch is partial")
+    if inspect:
+        from nemo_igrpo.trainer.plan_inputs import inspect_inputs
+
+        plan.inspected = True
+        inspect_inputs(plan)
+    _count_steps(plan)
+    return plan
+
+
+def _count_steps(plan: Plan) -> None:
+    c = plan.cfg
+    per_step = c.data.prompts_per_step
+    if plan.train_rows is not None:
+        if plan.train_rows < per_step:
+            plan.problem("data.prompts_per_step", f"{per_step} exceeds the {plan.train_rows} training prompts")
+            return
+        plan.steps_per_epoch = plan.train_rows // per_step
+    if c.trainer.max_steps:
+        plan.total_steps = c.trainer.max_steps
+    elif plan.steps_per_epoch is not None:
+        plan.total_steps = plan.steps_per_epoch * c.data.num_epochs
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------------
+
+
 def _per_rank(total: int, dp: int) -> str:
     if total % dp == 0:
         return f"{total // dp:,}"
     return f"{total / dp:,.2f} (uneven: {total} does not divide by DP={dp})"
 
 
-def describe_plan(cfg: Config, world_size: int) -> str:
-    """Human-readable dry-run report: resolved config, parallel layout, per-step budget. Raises ``ConfigError`` when the
-    layout does not fit ``world_size``."""
-    layout = parallel_layout(cfg, world_size)
-    b = step_budget(cfg)
-    dp = layout.dp
-    warnings: list[str] = []
-    lines = ["# resolved config (secrets redacted; API keys appear only as environment variable names)", "",
-             resolved_config_yaml(cfg).rstrip(), ""]
+def config_section(plan: Plan) -> list[str]:
+    return ["# resolved config (secrets redacted; API keys appear only as environment variable names)", "",
+            resolved_config_yaml(plan.cfg).rstrip()]
 
-    lines += [
-        "# parallel layout",
-        f"world size        {layout.world_size} = TP {layout.tp} x PP {layout.pp} x DP {dp}",
+
+def layout_section(plan: Plan) -> list[str]:
+    lines = ["# parallel layout", f"planned for       {plan.layout_source}"]
+    layout = plan.layout
+    if layout is None:
+        return lines + [f"world size        {plan.world_size}: does not fit TP x PP (see problems)"]
+    g = plan.cfg.generation
+    return lines + [
+        f"world size        {layout.world_size} = TP {layout.tp} x PP {layout.pp} x DP {layout.dp}",
         f"  tensor parallel   policy.tensor_model_parallel_size = {layout.tp}",
         f"  pipeline parallel policy.pipeline_model_parallel_size = {layout.pp}",
-        f"  data parallel     world / (TP x PP) = {dp}",
-        f"  generation        {cfg.generation.backend}, colocated: each model-parallel group of {layout.tp * layout.pp} "
-        f"rank(s) runs one engine, {dp} engine(s) in all",
-        "",
+        f"  data parallel     world / (TP x PP) = {layout.dp}",
+        f"  generation        {g.backend}, colocated: each model-parallel group of {layout.tp * layout.pp} "
+        f"rank(s) runs one engine, {layout.dp} engine(s) in all",
     ]
 
-    if cfg.algorithm.refinement.enabled:
+
+def budget_section(plan: Plan) -> list[str]:
+    c, b = plan.cfg, plan.budget
+    dp = plan.layout.dp if plan.layout is not None else 1
+    if c.algorithm.refinement.enabled:
         algo = (f"iGRPO (refinement on): K = {b.group_size} = N {b.drafts} drafts (Stage 1) + "
                 f"G {b.refinements} refinements (Stage 2)")
         completions = (f"{b.completions:,} = {b.prompts * b.drafts:,} drafts + {b.prompts * b.refinements:,} "
@@ -140,30 +251,62 @@ def describe_plan(cfg: Config, world_size: int) -> str:
         algo = f"GRPO (refinement off): K = {b.group_size} single-shot rollouts per prompt"
         completions = f"{b.completions:,}"
         trained_note = "every rollout"
-    mbs = cfg.policy.micro_batch_size
-    trained_per_rank = b.trained / dp
-    lines += [
-        "# per-step budget",
+    mbs = c.policy.micro_batch_size
+    lines = [
+        "# per-step budget" + ("" if plan.layout else " (per-rank numbers for DP = 1: the layout does not fit)"),
         f"algorithm                 {algo}",
         f"prompts per step          {b.prompts:,}   per DP rank: {_per_rank(b.prompts, dp)}",
         f"completions per step      {completions}   per DP rank: {_per_rank(b.completions, dp)}",
         f"trained sequences         {b.trained:,} ({trained_note})   per DP rank: {_per_rank(b.trained, dp)}",
-        f"micro-batches per rank    {trained_per_rank / mbs:g} of policy.micro_batch_size = {mbs}",
-        f"max generated tokens      {b.completions:,} x {cfg.generation.max_new_tokens:,} = "
+        f"micro-batches per rank    {b.trained / dp / mbs:g} of policy.micro_batch_size = {mbs}",
+        f"max generated tokens      {b.completions:,} x {c.generation.max_new_tokens:,} = "
         f"{b.max_generated_tokens:,}   per DP rank: {_per_rank(b.max_generated_tokens, dp)}",
-        f"max prompt tokens         {cfg.data.max_prompt_tokens:,}"
-        + (f" (Stage-2 prompts add up to {cfg.algorithm.refinement.max_draft_tokens:,} draft tokens)"
-           if cfg.algorithm.refinement.enabled else ""),
-        "optimizer steps           "
-        + (f"{cfg.trainer.max_steps:,} (trainer.max_steps)" if cfg.trainer.max_steps
-           else f"{cfg.data.num_epochs} epoch(s) of the training prompts / {b.prompts} per step "
-                "(the count is known once the data is read)"),
+        f"max prompt tokens         {c.data.max_prompt_tokens:,}"
+        + (f" (Stage-2 prompts add up to {c.algorithm.refinement.max_draft_tokens:,} draft tokens)"
+           if c.algorithm.refinement.enabled else ""),
     ]
-    if b.prompts % dp:
-        warnings.append(f"data.prompts_per_step ({b.prompts}) does not divide by DP ({dp}): ranks get unequal shares")
-    if b.trained % dp == 0 and (b.trained // dp) % mbs:
-        warnings.append(f"trained sequences per DP rank ({b.trained // dp}) is not a multiple of policy.micro_batch_size "
-                        f"({mbs}): the last micro-batch is partial")
-    if warnings:
-        lines += ["", "# warnings"] + [f"- {w}" for w in warnings]
-    return "\n".join(lines) + "\n"
+    if plan.steps_per_epoch is not None:
+        lines.append(f"steps per epoch           {plan.steps_per_epoch:,} = {plan.train_rows:,} training prompts // "
+                     f"{b.prompts} per step (before prompts over data.max_prompt_tokens are dropped)")
+    if c.trainer.max_steps:
+        lines.append(f"optimizer steps           {c.trainer.max_steps:,} (trainer.max_steps)")
+    elif plan.total_steps is not None:
+        lines.append(f"optimizer steps           {plan.total_steps:,} = {plan.steps_per_epoch:,} x "
+                     f"{c.data.num_epochs} epoch(s) (data.num_epochs)")
+    else:
+        lines.append(f"optimizer steps           {c.data.num_epochs} epoch(s) of the training prompts / {b.prompts} "
+                     "per step (the count is known once the data is read)")
+    if plan.total_steps and c.trainer.save_every:
+        lines.append(f"checkpoints               every {c.trainer.save_every} steps (trainer.save_every): "
+                     f"{plan.total_steps // c.trainer.save_every} in the run; a preemption (SIGTERM) can lose up to "
+                     f"{c.trainer.save_every} steps (docs/cluster.md, Preemption)")
+    return lines
+
+
+def checks_section(plan: Plan) -> list[str]:
+    if not plan.inspected:
+        return []
+    return ["# inputs (opened, as the job will)"] + (plan.checks or ["(nothing could be checked)"])
+
+
+def warnings_section(plan: Plan) -> list[str]:
+    return ["# warnings"] + [f"- {w}" for w in plan.warnings] if plan.warnings else []
+
+
+def problems_section(plan: Plan) -> list[str]:
+    if not plan.problems:
+        return ["# no problems found"] if plan.inspected else []
+    return [f"# problems ({len(plan.problems)}): the job would fail"] + [f"- {p}" for p in plan.problems]
+
+
+# The sections of describe_plan, in order. Append a function (Plan -> lines) to add one.
+PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, checks_section]
+# Always last: they collect what the sections above found.
+_CLOSING_SECTIONS = (warnings_section, problems_section)
+
+
+def describe_plan(plan: Plan) -> str:
+    """Human-readable dry-run report: resolved config, layout, per-step budget, the inputs checked, warnings and
+    problems."""
+    blocks = [section(plan) for section in (*PLAN_SECTIONS, *_CLOSING_SECTIONS)]
+    return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"

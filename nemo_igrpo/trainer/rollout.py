@@ -52,8 +52,12 @@ class RolloutWorker:
         self.run_seed = run_seed
         self.stop_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
 
+    def single_shot_messages(self, record: PromptRecord) -> list[dict[str, str]]:
+        """q: the prompt of Stage 1, GRPO, validation and evaluation; Stage 2 extends it (q' = Concat(q, d))."""
+        return build_messages(record.problem, self.system_prompt, self.instruction)
+
     def encode_single_shot(self, record: PromptRecord) -> list[int]:
-        return encode_messages(self.tokenizer, build_messages(record.problem, self.system_prompt, self.instruction))
+        return encode_messages(self.tokenizer, self.single_shot_messages(record))
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -103,8 +107,8 @@ class RolloutWorker:
             for i, (record, k) in enumerate(zip(records, picks)):
                 draft_ids = [t for t in drafts.token_ids[i * n + k] if t not in self.stop_ids]
                 best_texts.append(draft_texts[i * n + k])
-                messages = build_refinement_messages(record.problem, draft_ids, self._decode,
-                                                     self.algorithm.refinement, self.system_prompt)
+                messages = build_refinement_messages(self.single_shot_messages(record), draft_ids, self._decode,
+                                                     self.algorithm.refinement)
                 prompts.append(encode_messages(self.tokenizer, messages))
 
         repeated, out = self._sample(prompts, g, seeding.derive_seed(self.run_seed, step, seeding.STAGE_REFINEMENTS,

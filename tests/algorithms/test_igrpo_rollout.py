@@ -57,43 +57,64 @@ def test_select_rejects_bad_input(rewards, lengths, tie, match):
 
 
 def _cfg(**kw):
-    return RefinementConfig(**{"system_prompt": "SYS", "template": "P: {problem}\nD: {draft}", **kw})
+    return RefinementConfig(**{"template": "P: {prompt}\nD: {draft}", **kw})
 
 
-def test_messages_system_and_user():
-    msgs = build_refinement_messages("What is 1+1?", encode("It is \\boxed{2}."), chars, _cfg(), None)
+def _q(content="What is 1+1? Box it.", system="SYS"):
+    """A single-shot prompt q, as data.prompts.build_messages makes it."""
+    return ([{"role": "system", "content": system}] if system is not None else []) + [{"role": "user",
+                                                                                       "content": content}]
+
+
+def test_stage2_prompt_is_the_single_shot_prompt_plus_the_draft():
+    # q' = Concat(q, d) (paper Sec. 3): the system message unchanged, the single-shot user message verbatim.
+    q = _q()
+    msgs = build_refinement_messages(q, encode("It is \\boxed{2}."), chars, _cfg())
     assert msgs == [{"role": "system", "content": "SYS"},
-                    {"role": "user", "content": "P: What is 1+1?\nD: It is \\boxed{2}."}]
+                    {"role": "user", "content": "P: What is 1+1? Box it.\nD: It is \\boxed{2}."}]
+    assert q == _q()  # the caller's messages are not modified
 
 
-def test_system_prompt_fallback_and_none():
-    draft = encode("x")
-    fb = build_refinement_messages("q", draft, chars, _cfg(system_prompt=None), "DATASET SYS")
-    assert fb[0] == {"role": "system", "content": "DATASET SYS"}
-    for cfg, fallback in ((_cfg(system_prompt=None), None), (_cfg(system_prompt=""), "ignored")):
-        msgs = build_refinement_messages("q", draft, chars, cfg, fallback)
-        assert [m["role"] for m in msgs] == ["user"]
+def test_stage2_prompt_keeps_the_absence_of_a_system_prompt():
+    msgs = build_refinement_messages(_q(system=None), encode("x"), chars, _cfg())
+    assert [m["role"] for m in msgs] == ["user"]
+
+
+def test_single_shot_prompt_must_end_with_a_user_turn():
+    with pytest.raises(ValueError, match="user message"):
+        build_refinement_messages([{"role": "system", "content": "s"}], encode("x"), chars, _cfg())
 
 
 def test_latex_braces_and_placeholders_in_user_text_survive():
-    problem = r"Compute $\frac{1}{2} + \frac{a}{b}$ where {b} = {draft} and {0} {}."
-    draft = r"We get \boxed{\frac{1}{2}}; note {problem} is literal. }{"
-    msgs = build_refinement_messages(problem, encode(draft), chars, _cfg(system_prompt=""), None)
-    assert msgs[0]["content"] == f"P: {problem}\nD: {draft}"
+    prompt = r"Compute $\frac{1}{2} + \frac{a}{b}$ where {b} = {draft} and {0} {}."
+    draft = r"We get \boxed{\frac{1}{2}}; note {prompt} is literal. }{"
+    msgs = build_refinement_messages(_q(prompt, system=None), encode(draft), chars, _cfg())
+    assert msgs[0]["content"] == f"P: {prompt}\nD: {draft}"
 
 
 def test_template_with_literal_braces():
-    assert fill_template(r"\boxed{} {problem} | {draft} {x}", "p", "d") == r"\boxed{} p | d {x}"
+    assert fill_template(r"\boxed{} {prompt} | {draft} {x}", "p", "d") == r"\boxed{} p | d {x}"
     with pytest.raises(ValueError, match="draft"):
-        fill_template("{problem} only", "p", "d")
+        fill_template("{prompt} only", "p", "d")
 
 
-def test_default_template_contains_problem_then_draft():
-    msgs = build_refinement_messages("PROBLEM", encode("DRAFT"), chars, RefinementConfig(), None)
-    assert msgs[0]["role"] == "system" and "\\boxed{}" in msgs[0]["content"]
-    user = msgs[1]["content"]
-    assert user.index("PROBLEM") < user.index("DRAFT")
-    assert "{problem}" not in user and "{draft}" not in user
+def test_template_with_the_bare_problem_is_refused():
+    # {problem} would drop the instruction from Stage 2: the refinements would not be asked for the answer format
+    # the reward checks.
+    with pytest.raises(ValueError, match=r"\{problem\}.*\{prompt\}"):
+        fill_template("{problem} {draft}", "p", "d")
+
+
+def test_default_template_contains_prompt_then_draft():
+    from nemo_igrpo.data.prompts import build_messages
+
+    q = build_messages("PROBLEM", None, "Put the final answer within \\boxed{}.")
+    msgs = build_refinement_messages(q, encode("DRAFT"), chars, RefinementConfig())
+    assert [m["role"] for m in msgs] == ["user"]
+    user = msgs[0]["content"]
+    assert user.startswith(q[0]["content"])  # problem and instruction, verbatim
+    assert user.index("\\boxed{}") < user.index("DRAFT")
+    assert "{prompt}" not in user and "{draft}" not in user
 
 
 def test_over_long_draft_keeps_the_end():
@@ -102,9 +123,9 @@ def test_over_long_draft_keeps_the_end():
     text = draft_text(encode(draft), chars, cfg.max_draft_tokens)
     assert text == TRUNCATION_MARKER + draft[-30:]
     assert text.endswith("\\boxed{42}")
-    problem = "long problem " * 100  # the problem is never cut, whatever its length
-    msgs = build_refinement_messages(problem, encode(draft), chars, cfg, None)
-    assert msgs[1]["content"] == f"P: {problem}\nD: {TRUNCATION_MARKER}{draft[-30:]}"
+    prompt = "long problem " * 100  # the prompt is never cut, whatever its length
+    msgs = build_refinement_messages(_q(prompt), encode(draft), chars, cfg)
+    assert msgs[1]["content"] == f"P: {prompt}\nD: {TRUNCATION_MARKER}{draft[-30:]}"
 
 
 def test_draft_at_the_limit_is_not_marked():
@@ -124,7 +145,7 @@ def test_unicode_and_split_multibyte_character():
 
 @pytest.mark.parametrize("draft", [[], encode("   \n")])
 def test_empty_draft(draft):
-    msgs = build_refinement_messages("q", draft, chars, _cfg(), None)
+    msgs = build_refinement_messages(_q("q"), draft, chars, _cfg())
     assert msgs[1]["content"] == f"P: q\nD: {EMPTY_DRAFT_TEXT}"
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from nemo_igrpo.algorithms.config import DEFAULT_REFINEMENT_TEMPLATE, DEFAULT_SYSTEM_PROMPT
+from nemo_igrpo.algorithms.config import DEFAULT_REFINEMENT_TEMPLATE
 from nemo_igrpo.data.config import DataConfig, SyntheticTaskConfig
 from nemo_igrpo.data.prompts import build_messages, encode_messages
 from nemo_igrpo.data.synthetic import generate_splits
@@ -29,8 +29,7 @@ def _texts():
     splits = generate_splits(SyntheticTaskConfig(num_train=200, num_validation=20, num_test=20))
     recs = [r for s in splits.values() for r in s]
     draft = recs[0]["solution"]
-    yield DEFAULT_SYSTEM_PROMPT
-    yield DEFAULT_REFINEMENT_TEMPLATE.format(problem=recs[0]["problem"], draft=draft)
+    yield DEFAULT_REFINEMENT_TEMPLATE.format(prompt=recs[0]["problem"], draft=draft)
     yield DataConfig().instruction
     for r in recs:
         yield r["problem"]
@@ -50,10 +49,11 @@ def test_unknown_characters_map_to_unk(saved):
 
 
 def test_chat_template_like_qwen2(saved):
-    msgs = build_messages("Compute 1 + 2.", DEFAULT_SYSTEM_PROMPT, DataConfig().instruction)
+    system = "You are a careful mathematician."
+    msgs = build_messages("Compute 1 + 2.", system, DataConfig().instruction)
     ids = encode_messages(saved, msgs)
     text = saved.decode(ids)
-    assert text.startswith("<|system|>\n" + DEFAULT_SYSTEM_PROMPT + "<|end|>\n<|user|>\nCompute 1 + 2. Put")
+    assert text.startswith("<|system|>\n" + system + "<|end|>\n<|user|>\nCompute 1 + 2. Put")
     assert text.endswith("<|end|>\n<|assistant|>\n")
     assert saved.unk_token_id not in ids
     full = saved.decode(ids + saved.encode("\\boxed{3}" + EOS_TOKEN, add_special_tokens=False), skip_special_tokens=True)

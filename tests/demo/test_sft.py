@@ -101,11 +101,13 @@ def test_refinement_examples_use_the_recipe_template():
 
     tok = build_demo_tokenizer()
     records = generate_splits(DataConfig().synthetic)["train"][:200]
-    cfg = RefinementConfig(system_prompt=None, template="{problem}\nPrevious attempt: {draft}\nFix it.")
+    cfg = RefinementConfig(template="{prompt}\nPrevious attempt: {draft}\nFix it.")
     examples = _encode_refinement_examples(tok, records, DataConfig(), cfg, fraction=0.5, seed=0)
     assert 60 < len(examples) < 140  # about half of the problems
     prompts = [tok.decode(p) for p, _ in examples]
     assert all("Previous attempt: <think>" in p and "Fix it." in p for p in prompts)
+    # Stage 2 keeps the single-shot prompt: the instruction precedes the attempt.
+    assert all(f"{DataConfig().instruction}\nPrevious attempt:" in p for p in prompts)
     targets = {tok.decode(t, skip_special_tokens=True) for _, t in examples}
     solutions = {r["solution"] for r in records}
     assert targets <= solutions  # always answered with the correct solution

@@ -215,3 +215,28 @@ def test_cli_with_the_real_grader(tmp_path, capsys):
     assert "kept 2 of 4" in err and "malformed_json: 1" in err and "missing_answer: 1" in err
     # A refused write is exit status 2 with the reason on stderr.
     assert igrpo(["prepare-data", "--dataset", "aime24", "--input", str(src), "--output", str(tmp_path / "a_train.jsonl")]) == 2
+
+
+def test_limit_and_seed_draw_a_reproducible_subset_in_input_order(tmp_path, capsys):
+    """--limit/--seed draw the paper's subset size (9.4k of AceReason-Math) the same way on every machine."""
+    rows = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(200)]
+    src = write_jsonl(tmp_path / "ace.jsonl", rows)
+    outs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        out = tmp_path / f"{name}_train.jsonl"
+        report, logs = run("acereason", src, out, limit=50, seed=seed)
+        assert report.kept == 200  # usable records; 50 of them are written
+        assert "a random 50 of them (--limit 50 --seed" in logs[-1]
+        outs.append(read(out))
+    a, b, c = outs
+    assert len(a) == 50 and a == b and a != c  # same seed, same subset; another seed, another subset
+    positions = [int(r["id"].split("-")[1]) for r in a]
+    assert positions == sorted(positions) and len(set(positions)) == 50  # input order, no repeats
+    # a limit above the usable records keeps them all, with a warning
+    _, logs = run("acereason", src, tmp_path / "all_train.jsonl", limit=500)
+    assert len(read(tmp_path / "all_train.jsonl")) == 200 and any("--limit 500 exceeds" in x for x in logs)
+    # the CLI flags
+    out = tmp_path / "cli_train.jsonl"
+    assert igrpo(["prepare-data", "--dataset", "acereason", "--input", str(src), "--output", str(out), "--limit",
+                  "50", "--seed", "0"]) == 0
+    assert read(out) == a

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from nemo_igrpo.config import Config, ConfigError, load_config
-from nemo_igrpo.trainer.plan import describe_plan, parallel_layout, step_budget
+from nemo_igrpo.trainer.plan import build_plan, describe_plan, parallel_layout, step_budget
+
+
+def plan_text(cfg, world_size):
+    """The plan without opening model, data or output (those are tested in test_infra_dry_run.py)."""
+    return describe_plan(build_plan(cfg, world_size, inspect=False))
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 RECIPES = sorted(CONF.glob("*.yaml"))
@@ -62,6 +67,37 @@ def test_grpo_twin_differs_only_in_the_refinement_switch(stem):
     assert igrpo["algorithm.group_size"] == grpo["algorithm.group_size"]
 
 
+@pytest.mark.parametrize("stem", TWINS)
+def test_grpo_twin_is_asked_what_igrpo_stage2_is_asked(stem):
+    """The resolved prompts of the twins: GRPO's trained prompt q, iGRPO's Stage-1 prompt (= q) and Stage-2 prompt
+    q' = Concat(q, d) built by the code the rollout worker runs. q' must hold q whole (system message and the user
+    message with its instruction), so both recipes ask for the same answer format and are graded alike."""
+    from nemo_igrpo.algorithms.igrpo import build_refinement_messages
+    from nemo_igrpo.data.prompts import build_messages
+
+    igrpo, grpo = load_config(CONF / f"{stem}_igrpo.yaml"), load_config(CONF / f"{stem}_grpo.yaml")
+    problem, draft = "Find $x$ if $2x + 3 = 7$.", "We get $x = 2$, so \\boxed{2}."
+
+    def single_shot(cfg):
+        return build_messages(problem, cfg.data.system_prompt, cfg.data.instruction)
+
+    q = single_shot(grpo)
+    assert single_shot(igrpo) == q  # Stage 1 = GRPO's prompt
+    q_prime = build_refinement_messages(single_shot(igrpo), [ord(c) for c in draft],
+                                        lambda ids: "".join(map(chr, ids)), igrpo.algorithm.refinement)
+    assert q_prime[:-1] == q[:-1]  # the same system message (or none)
+    assert q_prime[-1]["role"] == "user"
+    assert q[-1]["content"] in q_prime[-1]["content"] and draft in q_prime[-1]["content"]
+    assert igrpo.reward == grpo.reward  # graded by the same reward, format included
+
+
+@pytest.mark.parametrize("variant", ["igrpo", "grpo"])
+def test_r1_distill_recipes_know_the_template_opens_think(variant):
+    # The R1-Distill chat template ends the generation prompt with "<think>\n"; without the flag the format reward
+    # would require a second <think> and score every response 0.
+    assert load_config(CONF / f"r1distill7b_math_{variant}.yaml").reward.think_opened_in_prompt
+
+
 @pytest.mark.parametrize("stem", PAPER)
 @pytest.mark.parametrize("variant", ["igrpo", "grpo"])
 def test_paper_values(stem, variant):
@@ -92,19 +128,20 @@ def test_model_and_data_paths_follow_the_environment(monkeypatch):
 def test_describe_plan_on_two_nodes(path):
     cfg = load_config(path)
     tp, pp = cfg.policy.tensor_model_parallel_size, cfg.policy.pipeline_model_parallel_size
+    plan = build_plan(cfg, 16, inspect=False)
     if 16 % (tp * pp):
-        with pytest.raises(ConfigError, match="tensor_model_parallel_size"):
-            describe_plan(cfg, 16)
+        assert any("tensor_model_parallel_size" in str(p) for p in plan.problems)
         return
-    text = describe_plan(cfg, 16)
+    assert not plan.problems
+    text = describe_plan(plan)
     assert f"16 = TP {tp} x PP {pp} x DP {16 // (tp * pp)}" in text
     assert "completions per step" in text and "max generated tokens" in text
 
 
 @pytest.mark.parametrize("stem", PAPER)
 def test_paper_plan_budget(stem):
-    igrpo = describe_plan(load_config(CONF / f"{stem}_igrpo.yaml"), 16)
-    grpo = describe_plan(load_config(CONF / f"{stem}_grpo.yaml"), 16)
+    igrpo = plan_text(load_config(CONF / f"{stem}_igrpo.yaml"), 16)
+    grpo = plan_text(load_config(CONF / f"{stem}_grpo.yaml"), 16)
     for text in (igrpo, grpo):
         assert "16 = TP 2 x PP 1 x DP 8" in text
         assert "prompts per step          128   per DP rank: 16" in text
@@ -136,7 +173,10 @@ def test_layout_error_names_the_keys():
 
 def test_uneven_shares_are_flagged():
     cfg = load_config(CONF / "orn7b_acereason_igrpo.yaml", ["data.prompts_per_step=100"])
-    assert "does not divide by DP (8)" in describe_plan(cfg, 16)
+    plan = build_plan(cfg, 16, inspect=False)
+    assert "12.50 (uneven: 100 does not divide by DP=8)" in describe_plan(plan)
+    # the trainer refuses unequal shares, so the dry run reports it as a problem naming the key
+    assert [p.where for p in plan.problems] == ["data.prompts_per_step"]
 
 
 def test_plan_never_shows_secrets(monkeypatch):
@@ -144,7 +184,7 @@ def test_plan_never_shows_secrets(monkeypatch):
     cfg = load_config(CONF / "orn7b_acereason_igrpo.yaml", [
         "reward.judge.base_url=https://alice:hunter2@judge.example/v1?api_key=sk-live-456&x=1",
         "reward.judge.model=judge"])
-    text = describe_plan(cfg, 16)
+    text = plan_text(cfg, 16)
     for secret in ("sk-live-123", "sk-live-456", "hunter2", "alice"):
         assert secret not in text
     assert "api_key_env: JUDGE_API_KEY" in text  # the variable's name is shown, so it can be checked
@@ -156,8 +196,32 @@ def test_plan_is_pure_python():
     import sys
 
     code = ("import sys; from nemo_igrpo.config import load_config; from nemo_igrpo.trainer.plan import describe_plan;"
-            f"describe_plan(load_config({str(CONF / 'orn7b_acereason_igrpo.yaml')!r}), 16);"
+            "from nemo_igrpo.trainer.plan import build_plan;"
+            f"describe_plan(build_plan(load_config({str(CONF / 'orn7b_acereason_igrpo.yaml')!r}), 16));"
             # (torch itself may be loaded by the loss registry that validate() consults; megatron and vllm may not.)
             "bad = [m for m in ('megatron', 'megatron.core', 'vllm') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("stem", PAPER)
+@pytest.mark.parametrize("variant", ["igrpo", "grpo"])
+def test_paper_recipes_say_where_they_depart_from_the_paper(stem, variant):
+    """A departure from the paper is marked at its key, not presented as the paper's value."""
+    text = (CONF / f"{stem}_{variant}.yaml").read_text()
+    lines = text.splitlines()
+
+    def note_above(key: str) -> str:
+        i = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+        block = []
+        for line in reversed(lines[:i]):
+            if not line.strip().startswith("#"):
+                break
+            block.append(line)
+        return " ".join(block)
+
+    assert "FIDELITY" in note_above("prompts_per_step") and "FIDELITY" in note_above("weight_decay")
+    assert "(paper)" not in note_above("prompts_per_step")
+    if stem.startswith("orn7b_acereason"):
+        note = note_above("train_file")
+        assert "9.4k" in note and "--limit 9400 --seed 0" in note

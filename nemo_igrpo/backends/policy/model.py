@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+from nemo_igrpo.backends.policy import architecture
 
 
 @dataclass(frozen=True)
@@ -21,29 +21,6 @@ class GPTArgs:
     rope_scaling: bool
     rope_scaling_factor: float
     share_embeddings_and_output_weights: bool
-
-
-def _get(cfg, name, default=None):
-    return getattr(cfg, name, default)
-
-
-def _rope(hf_config) -> tuple[float, bool, float]:
-    """(rope_theta, llama3 scaling on, factor). transformers 5 keeps these in ``rope_parameters``, 4.x at top level."""
-    params = dict(_get(hf_config, "rope_parameters") or {})
-    scaling = dict(_get(hf_config, "rope_scaling") or {})
-    params = {**scaling, **params}
-    theta = params.get("rope_theta", _get(hf_config, "rope_theta", 10000.0))
-    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
-    if rope_type == "default":
-        return float(theta), False, 8.0
-    if rope_type == "llama3":
-        # megatron-core hard-codes Llama 3.1's low/high frequency factors and original context.
-        expected = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
-        got = {k: params.get(k) for k in expected}
-        if any(got[k] is None or float(got[k]) != v for k, v in expected.items()):
-            raise ValueError(f"llama3 rope scaling is supported only with {expected}, got {got}")
-        return float(theta), True, float(params.get("factor", 8.0))
-    raise ValueError(f"rope_type={rope_type!r} is not supported; supported: 'default', 'llama3'")
 
 
 def common_transformer_kwargs(dtype: torch.dtype, tp: int, pp: int) -> dict:
@@ -72,48 +49,20 @@ def common_transformer_kwargs(dtype: torch.dtype, tp: int, pp: int) -> dict:
 def transformer_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1, **overrides):
     """Map a Llama/Qwen2 HF config to ``(TransformerConfig, GPTArgs)``.
 
-    Checks everything that would otherwise fail deep inside megatron or, worse, run with silently different maths:
-    unsupported architecture, vocab/heads not divisible by ``tp``, layers not divisible by ``pp``, biases megatron
-    cannot express, sliding-window attention. ``overrides`` go to TransformerConfig as is (e.g. recompute settings).
+    Refuses (``architecture.check_architecture``) everything that would otherwise fail deep inside megatron or,
+    worse, run with silently different maths: unsupported architecture, vocab/heads not divisible by ``tp``, layers
+    not divisible by ``pp``, biases megatron cannot express, sliding-window attention, unsupported RoPE scaling.
+    ``overrides`` go to TransformerConfig as is (e.g. recompute settings).
     """
     from megatron.core.transformer import TransformerConfig
 
-    model_type = _get(hf_config, "model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"model_type={model_type!r} is not supported; supported model_types: {list(SUPPORTED_MODEL_TYPES)}")
-    if _get(hf_config, "hidden_act", "silu") != "silu":
-        raise ValueError(f"hidden_act={hf_config.hidden_act!r} is not supported (SwiGLU with silu only)")
-
-    if model_type == "qwen2":
-        if _get(hf_config, "use_sliding_window", False):
-            raise ValueError("Qwen2 use_sliding_window=True is not supported (megatron GPTModel has full attention)")
-        qkv_bias = True
-    else:
-        attn_bias, mlp_bias = bool(_get(hf_config, "attention_bias", False)), bool(_get(hf_config, "mlp_bias", False))
-        if attn_bias or mlp_bias:
-            # HF's attention_bias also puts a bias on o_proj; megatron can only add it together with all MLP biases.
-            raise ValueError(
-                f"Llama attention_bias={attn_bias} / mlp_bias={mlp_bias} is not supported (only both False)"
-            )
-        qkv_bias = False
-
+    # The rules live in architecture.py, shared with the login-node dry run (igrpo train --dry-run).
+    architecture.check_architecture(hf_config, tp, pp)
+    heads, kv_heads = architecture.num_heads(hf_config)
+    rope = architecture.rope(hf_config)
     vocab = int(hf_config.vocab_size)
-    heads = int(hf_config.num_attention_heads)
-    kv_heads = int(_get(hf_config, "num_key_value_heads", None) or heads)
     layers = int(hf_config.num_hidden_layers)
-    head_dim = int(_get(hf_config, "head_dim", None) or hf_config.hidden_size // heads)
-    if vocab % tp != 0:
-        # No padding: padded rows would change the softmax normaliser unless masked, and logits must equal HF's.
-        raise ValueError(f"vocab_size={vocab} must be divisible by tensor_model_parallel_size={tp} (no vocab padding)")
-    if heads % tp != 0 or kv_heads % tp != 0:
-        raise ValueError(
-            f"num_attention_heads={heads} and num_key_value_heads={kv_heads} must both be divisible by "
-            f"tensor_model_parallel_size={tp}"
-        )
-    if layers % pp != 0:
-        raise ValueError(f"num_hidden_layers={layers} must be divisible by pipeline_model_parallel_size={pp}")
-
-    theta, rope_scaling, rope_factor = _rope(hf_config)
+    head_dim = int(architecture.field(hf_config, "head_dim", None) or hf_config.hidden_size // heads)
     on_cpu = not torch.cuda.is_available()
     kwargs = dict(
         num_layers=layers,
@@ -127,8 +76,8 @@ def transformer_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: i
         gated_linear_unit=True,
         activation_func=F.silu,
         add_bias_linear=False,
-        add_qkv_bias=qkv_bias,
-        init_method_std=float(_get(hf_config, "initializer_range", 0.02)),
+        add_qkv_bias=architecture.qkv_bias(hf_config),
+        init_method_std=float(architecture.field(hf_config, "initializer_range", 0.02)),
         apply_rope_fusion=False,
         # CPU init builds each full weight and slices it, so a TP=2 model starts from the same weights as TP=1.
         use_cpu_initialization=on_cpu,
@@ -138,11 +87,11 @@ def transformer_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: i
     config = TransformerConfig(**kwargs)
     args = GPTArgs(
         vocab_size=vocab,
-        max_sequence_length=int(_get(hf_config, "max_position_embeddings", 4096)),
-        rotary_base=theta,
-        rope_scaling=rope_scaling,
-        rope_scaling_factor=rope_factor,
-        share_embeddings_and_output_weights=bool(_get(hf_config, "tie_word_embeddings", False)),
+        max_sequence_length=int(architecture.field(hf_config, "max_position_embeddings", 4096)),
+        rotary_base=rope.theta,
+        rope_scaling=rope.llama3_scaling,
+        rope_scaling_factor=rope.factor,
+        share_embeddings_and_output_weights=bool(architecture.field(hf_config, "tie_word_embeddings", False)),
     )
     return config, args
 

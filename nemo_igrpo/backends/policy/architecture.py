@@ -1,0 +1,169 @@
+"""What the Megatron policy can train, stated once: the architecture rules, checked on a Hugging Face config.
+
+Two callers ask these functions: the model builder (``model.transformer_config_from_hf``, with a transformers config
+object) and ``igrpo train --dry-run`` on a login node (``trainer.plan``, with the plain ``config.json`` dict, no torch,
+no megatron, no GPU). A rule is therefore written here and nowhere else, and the dry run refuses exactly what the
+builder would refuse.
+
+Rules are registered per HF ``model_type`` (``@register("llama")``); each returns every problem it finds, as one
+sentence naming the ``config.json`` key and, where the parallel layout is the cause, the ``policy.*`` key. Pure
+Python on purpose: nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+Rule = Callable[[Any, int, int], list[str]]
+_RULES: dict[str, Rule] = {}
+
+TP_KEY = "tensor_model_parallel_size"
+PP_KEY = "pipeline_model_parallel_size"
+
+
+class ArchitectureError(ValueError):
+    """The model cannot be trained here as configured; the message lists every reason."""
+
+
+def register(*model_types: str) -> Callable[[Rule], Rule]:
+    """Register ``rule(hf_config, tp, pp) -> problems`` for HF ``model_type`` values."""
+
+    def wrap(rule: Rule) -> Rule:
+        for model_type in model_types:
+            _RULES[model_type] = rule
+        return rule
+
+    return wrap
+
+
+def trainable_model_types() -> list[str]:
+    """HF ``model_type`` values the policy can build."""
+    return sorted(_RULES)
+
+
+def field(cfg: Any, name: str, default: Any = None) -> Any:
+    """``cfg[name]`` for a config.json dict, ``cfg.name`` for a transformers config; ``default`` when absent or null."""
+    value = cfg.get(name) if isinstance(cfg, Mapping) else getattr(cfg, name, None)
+    return default if value is None else value
+
+
+def architecture_problems(cfg: Any, tp: int = 1, pp: int = 1) -> list[str]:
+    """Every reason the model in ``cfg`` cannot be trained with tensor parallel ``tp`` and pipeline parallel ``pp``
+    (empty when it can)."""
+    model_type = field(cfg, "model_type")
+    rule = _RULES.get(model_type)
+    if rule is None:
+        return [f"model_type={model_type!r} is not supported; supported model_types: {trainable_model_types()}"]
+    return rule(cfg, tp, pp)
+
+
+def check_architecture(cfg: Any, tp: int = 1, pp: int = 1) -> None:
+    """Raise ``ArchitectureError`` listing every problem ``architecture_problems`` finds."""
+    problems = architecture_problems(cfg, tp, pp)
+    if problems:
+        raise ArchitectureError("; ".join(problems))
+
+
+# --- shared pieces ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Rotary embedding settings megatron can express."""
+
+    theta: float
+    llama3_scaling: bool
+    factor: float
+
+
+# megatron-core hard-codes Llama 3.1's low/high frequency factors and original context for rope_scaling.
+_LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+SUPPORTED_ROPE_TYPES = ("default", "llama3")
+
+
+def _rope_parameters(cfg: Any) -> dict:
+    """transformers 5 keeps RoPE settings in ``rope_parameters``; transformers 4 (and most config.json files on the
+    Hub) at top level (``rope_theta``) and in ``rope_scaling``. Both are read; ``rope_parameters`` wins."""
+    scaling = field(cfg, "rope_scaling") or {}
+    params = field(cfg, "rope_parameters") or {}
+    return {**dict(scaling), **dict(params)}
+
+
+def rope_problems(cfg: Any) -> list[str]:
+    params = _rope_parameters(cfg)
+    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    if rope_type == "default":
+        return []
+    if rope_type == "llama3":
+        got = {k: params.get(k) for k in _LLAMA3_FIXED}
+        if any(got[k] is None or float(got[k]) != v for k, v in _LLAMA3_FIXED.items()):
+            return [f"llama3 rope scaling is supported only with {_LLAMA3_FIXED}, got {got}"]
+        return []
+    return [f"rope_type={rope_type!r} is not supported; supported: {list(SUPPORTED_ROPE_TYPES)}"]
+
+
+def rope(cfg: Any) -> Rope:
+    """The RoPE settings of ``cfg``; ``ArchitectureError`` for a RoPE type megatron cannot express."""
+    problems = rope_problems(cfg)
+    if problems:
+        raise ArchitectureError("; ".join(problems))
+    params = _rope_parameters(cfg)
+    theta = float(params.get("rope_theta", field(cfg, "rope_theta", 10000.0)))
+    if (params.get("rope_type", params.get("type", "default")) or "default") == "llama3":
+        return Rope(theta, True, float(params.get("factor", 8.0)))
+    return Rope(theta, False, 8.0)
+
+
+def num_heads(cfg: Any) -> tuple[int, int]:
+    """(attention heads, key/value heads); a config without ``num_key_value_heads`` has one per head."""
+    heads = int(field(cfg, "num_attention_heads", 0))
+    return heads, int(field(cfg, "num_key_value_heads", heads))
+
+
+def divisibility_problems(cfg: Any, tp: int, pp: int) -> list[str]:
+    """Splits megatron needs: vocabulary and heads over TP ranks, layers over PP stages."""
+    problems = []
+    vocab = int(field(cfg, "vocab_size", 0))
+    heads, kv_heads = num_heads(cfg)
+    layers = int(field(cfg, "num_hidden_layers", 0))
+    if vocab % tp:
+        # No padding: padded rows would change the softmax normaliser unless masked, and logits must equal HF's.
+        problems.append(f"vocab_size={vocab} must be divisible by {TP_KEY}={tp} (no vocab padding)")
+    if heads % tp or kv_heads % tp:
+        problems.append(f"num_attention_heads={heads} and num_key_value_heads={kv_heads} must both be divisible by "
+                        f"{TP_KEY}={tp}")
+    if layers % pp:
+        problems.append(f"num_hidden_layers={layers} must be divisible by {PP_KEY}={pp}")
+    return problems
+
+
+# --- the GPT family (megatron-core GPTModel) -------------------------------------------------------------------------
+
+
+def qkv_bias(cfg: Any) -> bool:
+    """Qwen2 has q/k/v biases (and no other linear bias); Llama has none."""
+    return field(cfg, "model_type") == "qwen2"
+
+
+@register("llama", "qwen2")
+def _gpt_rules(cfg: Any, tp: int, pp: int) -> list[str]:
+    problems = []
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size"):
+        if not field(cfg, key):
+            problems.append(f"{key} is missing")
+    if problems:
+        return problems
+    if field(cfg, "hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={field(cfg, 'hidden_act')!r} is not supported (SwiGLU with silu only)")
+    if field(cfg, "model_type") == "qwen2":
+        if field(cfg, "use_sliding_window", False):
+            problems.append("Qwen2 use_sliding_window=True is not supported (megatron GPTModel has full attention)")
+    else:
+        attn_bias, mlp_bias = bool(field(cfg, "attention_bias", False)), bool(field(cfg, "mlp_bias", False))
+        if attn_bias or mlp_bias:
+            # HF's attention_bias also puts a bias on o_proj; megatron can only add it together with all MLP biases.
+            problems.append(f"Llama attention_bias={attn_bias} / mlp_bias={mlp_bias} is not supported (only both "
+                            "False)")
+    return problems + divisibility_problems(cfg, tp, pp) + rope_problems(cfg)
