@@ -106,7 +106,7 @@ CASES = [
      "'algorithm.clip_eps'"),
     ("resume-and-overwrite", ["train", "--config", CONF, "--dry-run", "trainer.resume=true",
                               "trainer.overwrite=true"], {}, "'trainer.overwrite'"),
-    ("world-size-empty", ["train", "--config", CONF, "--dry-run"], {"WORLD_SIZE": ""}, "WORLD_SIZE='' is not"),
+    ("world-size-empty", ["train", "--config", CONF, "--dry-run"], {"WORLD_SIZE": ""}, "WORLD_SIZE=''"),
     ("world-size-text", ["train", "--config", CONF, "--dry-run"], {"WORLD_SIZE": "two"}, "WORLD_SIZE='two'"),
     # train: paths (checked before any model is built; a local-looking path is never looked up on the hub)
     ("train-model-missing", ["train", "--config", CONF, "policy.model_path=a/b"], {},
