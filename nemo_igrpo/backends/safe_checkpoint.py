@@ -122,7 +122,7 @@ def _check_metadata(obj: Any, path: Path, metadata_cls: type) -> Any:
 
 
 def _restricted_pickle_load(file, *args, **kwargs) -> Any:
-    """Stand-in for ``pickle.load`` inside torch's distributed-checkpoint reader (see ``_restricted_metadata``)."""
+    """Stand-in for ``pickle.load`` inside torch's distributed-checkpoint reader (see ``restricted_unpickling``)."""
     return MetadataUnpickler(file, getattr(file, "name", METADATA_FILE)).load()
 
 

@@ -86,6 +86,10 @@ def test_resume_falls_back_past_a_truncated_shard(run_copy, warm_model):
     assert read_steps(run_copy) == [1, 2, 3, 4]
     names = sorted(p.name for p in (run_copy / "checkpoints").iterdir())
     assert names == ["step_000001", "step_000002", "step_000003", "step_000003.damaged", "step_000004"]
+    # max_steps went from 3 to 4: the LR schedule is re-stretched, and the warning gives the LR step 3 then used.
+    rows = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert "trainer.max_steps changed from 3 to 4 on resume" in proc.stderr
+    assert f"({rows[2]['lr']:.3g} for the next update)" in proc.stderr
 
 
 def test_resume_with_no_intact_checkpoint_names_each_damage(run_copy, warm_model):
