@@ -197,6 +197,13 @@ def validate(cfg: Config) -> None:
     _positive("reward.num_workers", cfg.reward.num_workers)
     _positive("reward.timeout_s", cfg.reward.timeout_s)
     _positive("reward.worker_memory_mb", cfg.reward.worker_memory_mb, allow_zero=True)
+    gr = cfg.reward.grading
+    _choice("reward.grading.extraction", gr.extraction, ["boxed", "full"])
+    _positive("reward.grading.batch_budget_s_per_answer", gr.batch_budget_s_per_answer, allow_zero=True)
+    _positive("reward.grading.batch_budget_min_s", gr.batch_budget_min_s, allow_zero=True)
+    if gr.hung_worker_s is not None and not gr.hung_worker_s > cfg.reward.timeout_s:
+        raise ConfigError(f"config key 'reward.grading.hung_worker_s': must be > reward.timeout_s "
+                          f"({cfg.reward.timeout_s}), got {gr.hung_worker_s}")
     j = cfg.reward.judge
     _positive("reward.judge.timeout_s", j.timeout_s)
     _positive("reward.judge.max_retries", j.max_retries, allow_zero=True)

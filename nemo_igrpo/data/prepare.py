@@ -60,33 +60,20 @@ def _first(rec: dict[str, Any], keys: tuple[str, ...]) -> str:
     return ""
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), with nested braces. Only used when the rewards
-    package's extractor is not available, so that data preparation does not depend on its import order."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j].strip()
-    return None
+def _solution_answer(solution: str) -> str | None:
+    """The final answer of a whole solution: its last run of ``\\boxed{}`` (several boxes in a row are one
+    multi-part answer), None without a well-formed box. The grader's own extractor (``rewards.extract``)."""
+    from nemo_igrpo.rewards.extract import extract_answer
+
+    return extract_answer(solution)
 
 
-def _extract_boxed(solution: str) -> str | None:
-    try:
-        from nemo_igrpo.rewards.extract import extract_answer
-    except ImportError:
-        return _last_boxed(solution)
-    answer = extract_answer(solution)
-    return answer.strip() if answer else None
+def _reduce_gold(answer: str) -> str:
+    """A gold answer as the grader compares it: an answer field that holds a whole solution is reduced to its final
+    answer exactly as the grader reduces it (``rewards.extract.reduce_gold``), so that what is written is graded."""
+    from nemo_igrpo.rewards.extract import reduce_gold
+
+    return reduce_gold(answer)
 
 
 _GSM8K_NUMBER = re.compile(r"^-?[\d,]*\.?\d+$")
@@ -102,7 +89,7 @@ def _map_problem_answer(problem_keys: tuple[str, ...], answer_keys: tuple[str, .
 def _map_math(rec: dict[str, Any]) -> tuple[str, str]:
     problem = _first(rec, ("problem",))
     solution = _text(rec.get("solution"))
-    answer = _extract_boxed(solution) if solution else None
+    answer = _solution_answer(solution) if solution else None
     if not answer:
         # Some MATH mirrors carry the answer separately; the solution's \boxed{} is the reference when both exist.
         answer = _first(rec, ("answer",))
@@ -254,6 +241,7 @@ def convert(dataset: str, items: Iterator[Item], report: Report,
             if isinstance(rec, Drop):
                 raise rec
             problem, answer = spec.mapper(rec)
+            answer = _reduce_gold(answer)
             if not problem:
                 raise Drop("empty_problem")
             if not answer:

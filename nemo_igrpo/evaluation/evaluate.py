@@ -594,7 +594,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="grade NeMo-Skills outputs (DIR/eval-results/<set>/output-rs*.jsonl) instead of sampling a "
                         "model, reporting the agreement with NeMo-Skills' own verdicts")
     p.add_argument("--grader-workers", type=int, default=2, help="math-verify worker processes")
-    p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading time limit (s)")
+    p.add_argument("--grader-timeout", type=float, default=5.0, help="per-answer grading limit (CPU seconds)")
+    p.add_argument("--extraction", choices=("boxed", "full"), default="boxed",
+                   help="final-answer extraction: boxed (last run of \\boxed{}, as in training and NeMo-Skills) or "
+                        "full (math-verify's own extraction from the whole response); see docs/evaluation.md")
     p.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
         help="model dtype (auto: float32 on the hf backend, bfloat16 on vllm)"
@@ -697,13 +700,15 @@ def build_generator(args: argparse.Namespace, model_dir: Path, tokenizer: Any) -
                                                precision=precision))
 
 
-def build_grader(num_workers: int, timeout_s: float) -> Any:
+def build_grader(num_workers: int, timeout_s: float, extraction: str = "boxed") -> Any:
     """The project's reward function restricted to its accuracy component (format is a training signal, not an
-    evaluation metric). Use as a context manager: it owns grading worker processes."""
-    from nemo_igrpo.rewards.config import RewardConfig
+    evaluation metric), with the given final-answer extraction policy. Use as a context manager: it owns grading
+    worker processes."""
+    from nemo_igrpo.rewards.config import GradingConfig, RewardConfig
     from nemo_igrpo.rewards.reward_fn import RewardFunction
 
-    return RewardFunction(RewardConfig(weights={"accuracy": 1.0}, num_workers=num_workers, timeout_s=timeout_s))
+    return RewardFunction(RewardConfig(weights={"accuracy": 1.0}, num_workers=num_workers, timeout_s=timeout_s,
+                                       grading=GradingConfig(extraction=extraction)))
 
 
 def _report(summary: dict, shard: tuple[int, int]) -> int:
@@ -771,7 +776,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_matches(args.output, datasets, protocol, identity, shard[1])
         check_context_length(model_dir, tokenizer, datasets, protocol)
         generator = None if args.merge else build_generator(args, model_dir, tokenizer)
-        with build_grader(args.grader_workers, args.grader_timeout) as grader:
+        with build_grader(args.grader_workers, args.grader_timeout, args.extraction) as grader:
             summary = evaluate_model(
                 generator, tokenizer, datasets, protocol, args.output, grader,
                 stop_token_ids=stop_token_ids_for(model_dir, tokenizer), model_name=str(model_dir), shard=shard,
@@ -791,7 +796,7 @@ def run_from_nemo_skills(args: argparse.Namespace, names: Sequence[str], protoco
     output_dir = Path(args.output)
     (output_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     results = {}
-    with build_grader(args.grader_workers, args.grader_timeout) as grader:
+    with build_grader(args.grader_workers, args.grader_timeout, args.extraction) as grader:
         for name in names:
             ns = nemo_skills.read_outputs(args.from_nemo_skills, name)
             k = len(ns.files)

@@ -37,14 +37,38 @@ class JudgeConfig:
 
 
 @dataclass
+class GradingConfig:
+    """How the accuracy component finds and checks a final answer (``math_grader.MathGrader``). The worker count,
+    the per-item limit and the worker memory limit are ``RewardConfig`` fields above this section's."""
+
+    # Where the final answer is taken from. "boxed" (default, for training with a "put the answer in \boxed{}"
+    # instruction): the last run of \boxed{} (several boxes in a row are one multi-part answer, as math-verify reads
+    # them) or the last <answer> tag; a response without one scores 0. "full": math-verify's own extraction from the
+    # whole response (LaTeX and plain expressions, "final answer is ...", boxes), which reproduces math-verify's
+    # verdicts on free-form responses. Gold answers are handled the same way in both modes (a whole solution is
+    # reduced to its final answer). docs/evaluation.md says which mode matches NeMo-Skills' or math-verify's numbers.
+    extraction: str = "boxed"
+    # Per-batch CPU budget of grading, in CPU seconds per answer sent to the workers (0: no budget); a batch gets at
+    # least batch_budget_min_s. Once a batch has spent it, no new item starts and the rest score 0, counted as
+    # over-budget timeouts (a normal answer costs 1-30 ms; the budget only bites when many answers hit their limit).
+    batch_budget_s_per_answer: float = 0.25
+    batch_budget_min_s: float = 30.0
+    # Wall-clock seconds after which a worker that has not answered is killed and its item scores 0. Only a guard
+    # against a worker hung without using CPU (per-item limits count CPU time, so machine load cannot trigger them);
+    # must exceed RewardConfig.timeout_s. null (default): the larger of 60 s and 10 x timeout_s.
+    hung_worker_s: float | None = None
+
+
+@dataclass
 class RewardConfig:
     # Weight of each component in the scalar reward; a component with weight 0 is not computed.
-    # accuracy: math-verify equivalence of the last \boxed{} (or <answer>) to the gold answer, 1 or 0.
+    # accuracy: math-verify equivalence of the final answer (grading.extraction) to the gold answer, 1 or 0.
     # format: <think>...</think> followed by an answer section, 1 or 0. judge: the judge model's score in [0, 1].
     weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0, "format": 1.0})
     # Worker processes that grade answers with math-verify. Each item has a hard time limit.
     num_workers: int = 2
-    # Hard per-item grading limit in seconds: a pathological answer scores 0 and counts as a timeout.
+    # Per-item grading limit in CPU seconds (CPU time, so that machine load cannot change a verdict; the kernel ends
+    # the worker shortly after): a pathological answer scores 0 and counts as a timeout.
     timeout_s: float = 5.0
     # Address-space limit of each grading worker in MiB (0: none), so that an answer that expands into a huge
     # number cannot take the node's memory; hitting it scores 0.
@@ -53,3 +77,4 @@ class RewardConfig:
     # inside the reasoning, and the format reward requires "...</think>" + answer instead of "<think>...</think>".
     think_opened_in_prompt: bool = False
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    grading: GradingConfig = field(default_factory=GradingConfig)

@@ -27,6 +27,8 @@ class RewardOutput:
     components: dict[str, list[float]] = field(default_factory=dict)
     extracted: list[str | None] = field(default_factory=list)
     timeouts: int = 0
+    # Of the timeouts, responses left ungraded because the batch's grading budget was spent.
+    over_budget: int = 0
 
 
 class RewardFunction:
@@ -41,8 +43,7 @@ class RewardFunction:
         self.grader: MathGrader | None = None
         self.judge: JudgeInterface | None = None
         if "accuracy" in self.weights:
-            self.grader = MathGrader(num_workers=self.config.num_workers, timeout_s=self.config.timeout_s,
-                                     memory_mb=self.config.worker_memory_mb)
+            self.grader = MathGrader.from_config(self.config)
         if "judge" in self.weights:
             self.judge = judge if judge is not None else OpenAIJudge(self.config.judge)
 
@@ -53,13 +54,14 @@ class RewardFunction:
                              f"{len(answers)} answers")
         n = len(responses)
         components: dict[str, list[float]] = {}
-        timeouts = 0
+        timeouts = over_budget = 0
         extracted: list[str | None]
         if self.grader is not None:
             results = self.grader.grade(responses, answers)
             components["accuracy"] = [r.score for r in results]
             extracted = [r.extracted for r in results]
             timeouts = sum(r.timed_out for r in results)
+            over_budget = sum(r.over_budget for r in results)
         else:
             extracted = [extract_answer(r) for r in responses]
         if "format" in self.weights:
@@ -68,7 +70,8 @@ class RewardFunction:
             scores = self.judge.score(problems, answers, responses)
             components["judge"] = [min(1.0, max(0.0, float(s))) for s in scores]
         total = [sum(self.weights[k] * components[k][i] for k in components) for i in range(n)]
-        return RewardOutput(total=total, components=components, extracted=extracted, timeouts=timeouts)
+        return RewardOutput(total=total, components=components, extracted=extracted, timeouts=timeouts,
+                            over_budget=over_budget)
 
     def close(self) -> None:
         """Stop grading workers and judge threads."""

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from nemo_igrpo.errors import UserError
-from nemo_igrpo.rewards.config import RewardConfig
+from nemo_igrpo.rewards.config import GradingConfig, RewardConfig
+from nemo_igrpo.rewards.math_grader import EXTRACTION_MODES
 
 
 # Lines graded between two writes of the output.
@@ -39,7 +40,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="JSONL with 'response' and 'answer' (optional 'problem')")
     p.add_argument("--output", default=None, help="output JSONL (default: stdout)")
     p.add_argument("--workers", type=int, default=2, help="grading worker processes (default 2)")
-    p.add_argument("--timeout", type=float, default=5.0, help="hard per-answer grading limit in seconds (default 5)")
+    p.add_argument("--timeout", type=float, default=5.0, help="per-answer grading limit in CPU seconds (default 5)")
+    p.add_argument("--extraction", choices=EXTRACTION_MODES, default="boxed",
+                   help="boxed (default, the training reward's policy): the last run of \\boxed{} or <answer> tag, "
+                        "no box scores 0; full: math-verify's own extraction from the whole response (reproduces "
+                        "math-verify's verdicts on free-form answers). See docs/evaluation.md")
     p.add_argument("--think-opened-in-prompt", action="store_true",
                    help="format reward for chat templates that open <think> in the prompt")
     p.set_defaults(func=run)
@@ -164,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     fmt = [float(r["format"]) for r in done]
     timeouts = 0
     cfg = RewardConfig(weights={"accuracy": 1.0, "format": 1.0}, num_workers=args.workers, timeout_s=args.timeout,
-                       think_opened_in_prompt=args.think_opened_in_prompt)
+                       think_opened_in_prompt=args.think_opened_in_prompt,
+                       grading=GradingConfig(extraction=args.extraction))
     with RewardFunction(cfg) as reward_fn:
         for start in range(len(done), len(items), CHUNK):
             chunk = items[start:start + CHUNK]

@@ -35,7 +35,8 @@ def run(dataset, src, out, **kw):
 
 def test_math_answer_is_the_last_boxed_of_the_solution(tmp_path):
     src = write_jsonl(tmp_path / "math.jsonl", [
-        {"problem": "1+1?", "solution": "First $\\boxed{3}$ is wrong, so $\\boxed{2}$.", "unique_id": "test/1.json"},
+        {"problem": "1+1?", "solution": "First $\\boxed{3}$ is wrong. Counting the apples again one by one, we "
+                                        "see that there are only $\\boxed{2}$.", "unique_id": "test/1.json"},
         {"problem": "Half?", "solution": "It is $\\boxed{\\frac{1}{2}}$."},
         {"problem": "No answer", "solution": "We stop here."},
         '{"problem": "broken',

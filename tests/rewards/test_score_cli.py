@@ -62,4 +62,47 @@ def test_console_script_to_stdout(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [o["accuracy"] for o in out] == [1.0, 0.0, 0.0]
-    assert "n=3" in proc.stderr and "timeouts=1" in proc.stderr
+    assert "n=3" in proc.stderr and "timeouts=0" in proc.stderr  # the tower is rejected before math-verify
+
+
+FREE_FORM = [
+    {"response": "<think>t</think> The final answer is $\\frac{1}{2}$. I hope it is correct.", "answer": "0.5"},
+    {"response": "<think>t</think> $\\boxed{(2, 2)}$ and $\\boxed{(6, 2)}$", "answer": "(6, 2), (2, 2)"},
+]
+
+
+def test_score_extraction_flag(tmp_path, capsys):
+    """`--extraction boxed` (default) needs a box; `--extraction full` lets math-verify find the answer anywhere.
+    Both grade several boxes as one answer."""
+    src = _write(tmp_path / "in.jsonl", FREE_FORM)
+    got = {}
+    for mode in ("boxed", "full"):
+        dst = tmp_path / f"{mode}.jsonl"
+        assert main(["score", "--input", str(src), "--output", str(dst), "--workers", "1", "--timeout", "20",
+                     "--extraction", mode]) == 0
+        got[mode] = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [o["accuracy"] for o in got["boxed"]] == [0.0, 1.0]
+    assert [o["accuracy"] for o in got["full"]] == [1.0, 1.0]
+    assert got["boxed"][0]["extracted_answer"] is None and got["full"][0]["extracted_answer"] == "\\frac{1}{2}"
+    capsys.readouterr()
+    try:
+        main(["score", "--input", str(src), "--extraction", "last"])
+    except SystemExit as err:
+        assert err.code == 2
+    assert "invalid choice: 'last'" in capsys.readouterr().err
+
+
+def test_evaluate_extraction_flag():
+    """`igrpo evaluate --extraction full` builds its grader with math-verify's own extraction."""
+    from nemo_igrpo.cli import build_parser
+    from nemo_igrpo.evaluation.evaluate import build_grader
+
+    args = build_parser(only="evaluate").parse_args(
+        ["evaluate", "--model", "m", "--datasets", "aime24", "--output", "o", "--extraction", "full"])
+    assert args.extraction == "full"
+    assert build_parser(only="evaluate").parse_args(
+        ["evaluate", "--model", "m", "--datasets", "aime24", "--output", "o"]).extraction == "boxed"
+    with build_grader(1, 20.0, args.extraction) as grader:
+        assert grader.grader.extraction == "full"
+        out = grader(["p"], [FREE_FORM[0]["response"]], ["0.5"])
+    assert out.components["accuracy"] == [1.0]
