@@ -205,11 +205,12 @@ class OpenAIJudge(JudgeInterface):
         delay = cfg.backoff_s
         for attempt in range(cfg.max_retries + 1):
             if attempt:
-                self._count("retries")
                 time.sleep(min(delay, 30.0))
                 delay *= 2
             if not self._breaker.allow():
                 raise _EndpointDown()
+            if attempt:
+                self._count("retries")
             self._count("requests")
             try:
                 payload = self._post(body, headers)
