@@ -203,11 +203,14 @@ class OpenAIJudge(JudgeInterface):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         delay = cfg.backoff_s
+        last_error: Exception | None = None
         for attempt in range(cfg.max_retries + 1):
             if attempt:
                 time.sleep(min(delay, 30.0))
                 delay *= 2
             if not self._breaker.allow():
+                if last_error is not None:  # this response was sent and failed: an error, not a skip
+                    raise last_error
                 raise _EndpointDown()
             if attempt:
                 self._count("retries")
@@ -215,6 +218,7 @@ class OpenAIJudge(JudgeInterface):
             try:
                 payload = self._post(body, headers)
             except Exception as err:
+                last_error = err
                 if self._breaker.record(ok=False):
                     self._count("breaker_opened")
                     log.warning("judge endpoint %s://%s%s failed %d requests in a row (last: %s): scoring 0 without "
