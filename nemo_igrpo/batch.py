@@ -21,6 +21,9 @@ class TrainBatch:
     advantages: torch.Tensor  # [S] float32, shared by every token of a sequence
     old_logprobs: torch.Tensor  # [S, L] float32, log pi_old(token) under the sampling snapshot
     ref_logprobs: torch.Tensor | None = None  # [S, L] float32, only when a KL penalty is on
+    # [S, L] float32, only when the training-vs-generation mismatch correction is on: the per-token weight of the
+    # policy-gradient term (TIS / MIS, see nemo_igrpo.algorithms.mismatch).
+    is_weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         s, l = self.input_ids.shape
@@ -37,9 +40,21 @@ class TrainBatch:
         return self.input_ids.shape[0]
 
     def select(self, index: slice | torch.Tensor) -> "TrainBatch":
-        """Rows ``index`` of every tensor (micro-batching, data-parallel sharding)."""
+        """Rows ``index`` of every tensor (micro-batching, mini-batching, data-parallel sharding)."""
         return TrainBatch(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[index])
                              for f in fields(self)})
+
+
+@dataclass
+class LossNormalizer:
+    """Counts over the WHOLE optimizer step (all micro-batches, all data-parallel ranks) of a ``TrainBatch``.
+
+    Every micro-batch divides by the same step-wide counts, so the micro-batch losses add up to the full-batch loss and
+    gradient accumulation / data parallelism reproduce the single-batch gradient exactly.
+    """
+
+    num_sequences: float  # rows, including rows whose mask is empty (they are samples of their group all the same)
+    num_tokens: float  # sum of the loss mask
 
 
 def pad_sequences(seqs: list[list[int]], pad_id: int, length: int | None = None) -> torch.Tensor:

@@ -177,6 +177,9 @@ def validate(cfg: Config) -> None:
     _positive("algorithm.kl_coef", a.kl_coef, allow_zero=True)
     if a.dual_clip_c is not None and a.dual_clip_c <= 1:
         raise ConfigError(f"config key 'algorithm.dual_clip_c': must be > 1 (or null), got {a.dual_clip_c}")
+    _positive("algorithm.num_mini_batches", a.num_mini_batches)
+    _positive("algorithm.num_update_epochs", a.num_update_epochs)
+    _validate_mismatch(cfg)
     r = a.refinement
     _choice("algorithm.refinement.tie_break", r.tie_break, ["first", "shortest"])
     if r.enabled:
@@ -197,13 +200,6 @@ def validate(cfg: Config) -> None:
     _positive("reward.num_workers", cfg.reward.num_workers)
     _positive("reward.timeout_s", cfg.reward.timeout_s)
     _positive("reward.worker_memory_mb", cfg.reward.worker_memory_mb, allow_zero=True)
-    gr = cfg.reward.grading
-    _choice("reward.grading.extraction", gr.extraction, ["boxed", "full"])
-    _positive("reward.grading.batch_budget_s_per_answer", gr.batch_budget_s_per_answer, allow_zero=True)
-    _positive("reward.grading.batch_budget_min_s", gr.batch_budget_min_s, allow_zero=True)
-    if gr.hung_worker_s is not None and not gr.hung_worker_s > cfg.reward.timeout_s:
-        raise ConfigError(f"config key 'reward.grading.hung_worker_s': must be > reward.timeout_s "
-                          f"({cfg.reward.timeout_s}), got {gr.hung_worker_s}")
     j = cfg.reward.judge
     _positive("reward.judge.timeout_s", j.timeout_s)
     _positive("reward.judge.max_retries", j.max_retries, allow_zero=True)
@@ -229,6 +225,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'policy.optimizer.warmup_ratio': must be in [0, 1), got {p.optimizer.warmup_ratio}")
     g = cfg.generation
     _choice("generation.backend", g.backend, ["hf", "vllm"])
+    _choice("generation.vllm_refit", g.vllm_refit, ["auto", "layerwise", "load_weights"])
     _positive("generation.temperature", g.temperature)
     if not 0 < g.top_p <= 1:
         raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")
@@ -242,3 +239,26 @@ def validate(cfg: Config) -> None:
     if t.resume and t.overwrite:
         raise ConfigError("config keys 'trainer.resume' and 'trainer.overwrite': both true contradict each other "
                           "(continue the run in trainer.output_dir, or replace it): choose one")
+
+
+def _validate_mismatch(cfg: Config) -> None:
+    from nemo_igrpo.algorithms.mismatch import check_mismatch_config
+
+    m = cfg.algorithm.mismatch
+    try:
+        check_mismatch_config(m)
+    except ValueError as err:
+        key, _, msg = str(err).partition(": ")
+        raise ConfigError(f"config key 'algorithm.mismatch.{key}': {msg}") from None
+    if m.mode == "none":
+        return
+    # The generator then reports log-probs renormalised over the kept tokens, not pi_gen's: the weights are biased.
+    g = cfg.generation
+    if g.top_p < 1:
+        raise ConfigError(f"config key 'generation.top_p': {g.top_p} < 1 is refused with algorithm.mismatch.mode="
+                          f"{m.mode}: the generator's log-probs are then renormalised over the nucleus, which biases "
+                          "the importance weights; use top_p 1 or mode none")
+    if g.top_k > 0:
+        raise ConfigError(f"config key 'generation.top_k': {g.top_k} is refused with algorithm.mismatch.mode={m.mode}: "
+                          "the generator's log-probs are then renormalised over the top-k tokens, which biases the "
+                          "importance weights; use top_k -1 or mode none")

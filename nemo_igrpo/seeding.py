@@ -9,6 +9,7 @@ import hashlib
 STAGE_DRAFTS = 1
 STAGE_REFINEMENTS = 2
 VALIDATION = 3
+MINI_BATCHES = 4  # the row order of a step's mini-batches (algorithm.num_mini_batches > 1)
 
 
 def hashed_seed(text: str) -> int:

@@ -71,9 +71,56 @@ class AlgorithmConfig:
     kl_coef: float = 0.0
     # KL estimator when kl_coef > 0: k1 (log-ratio), k2 (squared log-ratio / 2), k3 (Schulman's unbiased, the paper's).
     kl_estimator: str = "k3"
+    # Optimizer updates per rollout batch (PPO, Schulman et al. 2017, Alg. 1: K epochs of minibatch SGD on each batch;
+    # GRPO's mu iterations, Shao et al. 2024, Alg. 1). Each step's rollouts (on each data-parallel rank) are split into
+    # num_mini_batches parts and the whole batch is passed over num_update_epochs times; every part is one optimizer
+    # update. The old log-probs are taken once, before the first update, so from the second update on the ratio
+    # pi/pi_old differs from 1 and the clip range acts. The LR schedule counts optimizer updates. With more than one
+    # mini-batch, rows are shuffled (seeded by the run seed and step) each epoch. Default 1 and 1: one on-policy update
+    # per step (the iGRPO paper's setting), and exactly the single-update code path.
+    num_mini_batches: int = 1
+    num_update_epochs: int = 1
     # dr_grpo's constant normaliser: token sums are divided by this (the generation limit). Null: the longest
     # response allowed by generation.max_new_tokens.
     dr_grpo_max_tokens: int | None = None
     # Denominator guard of the grpo advantage std.
     advantage_eps: float = 1e-6
     refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    # Training-vs-generation mismatch correction (TIS / MIS); off by default. See MismatchCorrectionConfig below.
+    mismatch: MismatchCorrectionConfig = field(default_factory=lambda: MismatchCorrectionConfig())
+
+
+# Mismatch correction modes and levels, named once: the config validation and nemo_igrpo.algorithms.mismatch read them.
+MISMATCH_MODES = ("none", "tis", "mis")
+MISMATCH_LEVELS = ("token", "sequence")
+
+
+@dataclass
+class MismatchCorrectionConfig:
+    """Correct for the difference between the generator's sampling distribution pi_gen (vLLM kernels, bf16) and the
+    trainer's pi_old for the same weights. Tokens are sampled from pi_gen but the loss treats them as samples of
+    pi_old; the per-token importance weight ``k = pi_old / pi_gen`` (from the log-probs both already compute)
+    multiplies each token's policy-gradient term. The KL penalty and the length normalisation are unchanged.
+
+    Needs the generator's log-probs of the full distribution: ``generation.top_p`` must be 1 and ``generation.top_k``
+    off, otherwise the generator reports log-probs renormalised over the kept tokens (biased), and the config is
+    refused. Metrics: ``mismatch/kl`` (KL(pi_gen || pi_old), k3 estimate, logged whether or not the correction is on),
+    ``mismatch/weight_mean``, ``mismatch/truncated_fraction`` (TIS) and ``mismatch/masked_fraction`` (MIS: share of
+    response tokens dropped).
+    """
+
+    # "none": off (the iGRPO paper trains without it). "tis": truncated importance sampling, weight min(k, tis_cap)
+    # per token (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training").
+    # "mis": masked importance sampling, weight k inside [mis_low, mis_high] and 0 outside, so those tokens (or whole
+    # sequences, see mis_level) carry no policy gradient (IcePop, Ling Team 2025, "Every Step Evolves", token level;
+    # Liu et al. 2025, "When Speed Kills Stability", sequence level).
+    mode: str = "none"
+    # TIS cap C > 0 on the token weight. 2.0 as in Yao et al.'s recipe.
+    tis_cap: float = 2.0
+    # MIS level: "token" (IcePop: each token's own k) or "sequence" (Seq-MIS: the sequence ratio prod_t k_t, one
+    # weight and one keep/drop decision for all tokens of the sequence).
+    mis_level: str = "token"
+    # MIS acceptance range [mis_low, mis_high], 0 <= low < 1 < high. Not from a paper: [0.5, 2] is symmetric in
+    # log-space; both sources tune it per setup (a sequence ratio spreads far wider than a token ratio).
+    mis_low: float = 0.5
+    mis_high: float = 2.0

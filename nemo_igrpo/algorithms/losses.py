@@ -2,8 +2,10 @@
 
 One core, :func:`clipped_surrogate`, computes the PPO clipped surrogate (with optional dual clip). Each registered
 loss only decides two things: at which level the importance ratio is taken (token or sequence) and how per-token
-losses are reduced to a scalar (:class:`Aggregation`). The KL penalty, the micro-batch normalisation and the metrics
-are shared by all of them in :class:`PolicyLoss`, which :func:`make_policy_loss` builds from the config.
+losses are reduced to a scalar (:class:`Aggregation`). The training-vs-generation importance weights, the KL penalty,
+the micro-batch normalisation and the metrics are shared by all of them in :class:`PolicyLoss`, which
+:func:`make_policy_loss` builds from the config. ``PolicyLoss`` is what the policy backend calls: it satisfies the
+``LossFn`` protocol of ``nemo_igrpo.backends.policy.interface``.
 
 Losses are *minimised*: ``loss = -objective``.
 """
@@ -11,7 +13,7 @@ Losses are *minimised*: ``loss = -objective``.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -19,24 +21,13 @@ import torch
 from nemo_igrpo.algorithms.config import AlgorithmConfig
 from nemo_igrpo.algorithms.kl import kl_estimate, kl_k3
 from nemo_igrpo.algorithms.registry import POLICY_LOSSES
+from nemo_igrpo.batch import LossNormalizer
 
 # Bound on |log pi - log pi_old| before exp: exp(20) ~ 5e8 is still finite in fp32/bf16. Beyond it the ratio (and its
 # gradient, which the clamp zeroes) comes from a broken step; without the bound one token can make the loss inf.
 MAX_LOG_RATIO = 20.0
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class LossNormalizer:
-    """Counts over the WHOLE optimizer step (all micro-batches, all data-parallel ranks).
-
-    Every micro-batch divides by the same step-wide counts, so the micro-batch losses add up to the full-batch loss and
-    gradient accumulation / data parallelism reproduce the single-batch gradient exactly.
-    """
-
-    num_sequences: float  # rows, including rows whose mask is empty (they are samples of their group all the same)
-    num_tokens: float  # sum of the loss mask
 
 
 @dataclass(frozen=True)
@@ -173,7 +164,12 @@ def _on_mask(x: Tensor, valid: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class PolicyLoss:
-    """The loss the policy backend calls per micro-batch; see :func:`make_policy_loss`."""
+    """The loss the policy backend calls per micro-batch; see :func:`make_policy_loss`.
+
+    Per token: ``w_t * surrogate_t + kl_coef * KL_t``, reduced by the registered loss's aggregation. ``w_t`` are the
+    training-vs-generation importance weights (1 when none are given, see ``algorithms.mismatch``); they scale the
+    policy-gradient term only, as in the TIS/MIS objectives.
+    """
 
     name: str
     surrogate: SurrogateFn
@@ -181,17 +177,26 @@ class PolicyLoss:
     kl_coef: float
     kl_estimator: str
     max_tokens: int
+    # LossFn contract: none of the registered losses reads the current policy's entropy (the paper has no entropy
+    # bonus); the trainer logs the sampling policy's entropy itself. A loss that sets this gets ``entropy``.
+    needs_entropy: bool = False
+
+    @property
+    def needs_reference(self) -> bool:
+        """True when the loss reads ``ref_logprobs`` (a KL penalty to the reference policy is on)."""
+        return self.kl_coef > 0
 
     def __call__(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
                  ref_logprobs: Tensor | None = None, entropy: Tensor | None = None,
-                 normalizer: LossNormalizer | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                 normalizer: LossNormalizer | None = None, is_weights: Tensor | None = None
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
         """``(loss, metrics)`` of one micro-batch; inputs are ``[S, L]`` aligned tensors, ``advantages [S]``.
 
         ``normalizer`` None uses this call's own counts (S sequences, ``mask.sum()`` tokens). Metrics are detached
         0-d tensors, means over this call's masked tokens, with ``num_tokens`` to weight them across micro-batches.
         """
         _check_shapes(logprobs, mask, advantages, old_logprobs=old_logprobs, ref_logprobs=ref_logprobs,
-                      entropy=entropy)
+                      entropy=entropy, is_weights=is_weights)
         if self.kl_coef > 0 and ref_logprobs is None:
             raise ValueError("kl_coef > 0 needs ref_logprobs (log-probs of the reference policy)")
         # fp32 throughout: bf16 log-probs would round ratios near 1 and token counts above 256.
@@ -201,6 +206,8 @@ class PolicyLoss:
         old = _on_mask(old_logprobs.detach().float(), valid)
         log_ratio = (new - old).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
         sur = self.surrogate(log_ratio, advantages.detach().float(), m, self.clip)
+        if is_weights is not None:
+            sur = replace(sur, per_token=sur.per_token * _on_mask(is_weights.detach().float(), valid))
         per_token = sur.per_token
         kl = None
         if self.kl_coef > 0:
@@ -231,7 +238,7 @@ def _metrics(sur: Surrogate, m: Tensor, valid: Tensor, log_ratio: Tensor, kl: Te
     some = num_tokens > 0
     one = torch.ones((), dtype=ratio.dtype, device=ratio.device)
     out = {
-        "pg_loss": mean(sur.per_token.detach()),
+        "pg_loss": mean(sur.per_token.detach()),  # importance-weighted when is_weights are given
         "clipfrac": mean(sur.clipped),
         # KL(pi_old || pi) with samples from pi_old: k3 with r = pi / pi_old (Schulman 2020).
         "approx_kl": mean(kl_k3(torch.zeros_like(log_ratio), log_ratio.detach())),

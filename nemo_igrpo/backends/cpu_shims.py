@@ -4,6 +4,9 @@ megatron-core has no CPU switch: a handful of its code paths call CUDA APIs unco
 small named function, applied only when CUDA is absent, and each is proven necessary by
 ``tests/backends/test_cpu_shims.py`` (with that one patch left out, the megatron operation named in its comment fails).
 
+The ``mamba_kernels`` shim puts the pure-PyTorch kernels of ``mamba_cpu_kernels`` where megatron's Mamba mixer
+expects mamba-ssm's, so the hybrid (Nemotron-H) model runs on CPU too.
+
 Not patched on purpose: ``torch.cuda.Event`` (only megatron's inference engine uses it, and this project generates
 with HF/vLLM), sequence parallel, the distributed optimizer and megatron's grad clipping (they do not work on CPU even
 with shims; callers must not enable them).
@@ -25,9 +28,14 @@ _CPU = torch.device("cpu")
 _applied: dict[str, Callable[[], None]] = {}
 
 
+_MISSING = object()
+
+
 def _setattr_undoable(obj, name: str, value) -> Callable[[], None]:
-    old = getattr(obj, name)
+    old = getattr(obj, name, _MISSING)
     setattr(obj, name, value)
+    if old is _MISSING:  # the module never defined it (an import that failed there): undo removes it again
+        return lambda: delattr(obj, name)
     return lambda: setattr(obj, name, old)
 
 
@@ -195,11 +203,75 @@ def patch_cuda_factories() -> Callable[[], None]:
     return undo
 
 
+def _import_with_placeholder_triton(module: str):
+    """Import ``module`` when ``triton`` is absent: megatron's Mamba mixer imports Triton kernels of its dynamic
+    inference engine at module level (``inference.contexts.attention_context.triton.tensor_ops``), which this
+    project never runs. A placeholder ``triton`` (``jit`` returns the function, ``language.constexpr`` exists) is
+    in ``sys.modules`` only while the import runs, so nothing else ever sees a fake triton."""
+    import importlib
+    import importlib.util
+    import sys
+    import types
+
+    if module in sys.modules or importlib.util.find_spec("triton") is not None:
+        return importlib.import_module(module)
+    triton = types.ModuleType("triton")
+    language = types.ModuleType("triton.language")
+    triton.jit = lambda fn=None, **kwargs: fn if fn is not None else (lambda f: f)
+    language.constexpr = type("constexpr", (), {})
+    triton.language = language
+    sys.modules["triton"], sys.modules["triton.language"] = triton, language
+    try:
+        return importlib.import_module(module)
+    finally:
+        del sys.modules["triton"], sys.modules["triton.language"]
+
+
+def patch_mamba_kernels() -> Callable[[], None]:
+    """megatron's Mamba mixer on the pure-PyTorch kernels of ``backends/mamba_cpu_kernels.py``.
+
+    Needed by: ``ssm.mamba_mixer.MambaMixer.__init__``, which raises "MambaSSM is not installed" without mamba-ssm
+    and builds its gated norm (``ExtendedRMSNorm``) on mamba-ssm's ``RMSNorm``, and its forward passes:
+    ``_ssm_training`` (``mamba_split_conv1d_scan_combined``: training and log-probs) and ``_ssm_prefill``
+    (``mamba_chunk_scan_combined``). The mixer's convolution and decode fallbacks are plain torch already.
+    """
+    from nemo_igrpo.backends import mamba_cpu_kernels as kernels
+
+    mixer = _import_with_placeholder_triton("megatron.core.ssm.mamba_mixer")
+    from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+    class ExtendedRMSNorm(kernels.RMSNormGated):
+        """megatron's ``ExtendedRMSNorm`` (mamba-ssm's gated RMSNorm with a checkpoint layout): ``weight`` is
+        split over tensor parallel ranks on axis 0."""
+
+        def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+            from megatron.core import parallel_state
+
+            return make_sharded_tensors_for_checkpoint(
+                self.state_dict(prefix="", keep_vars=True), prefix, {"weight": 0}, sharded_offsets,
+                tp_group=parallel_state.get_tensor_model_parallel_group(), dp_cp_group=metadata["dp_cp_group"])
+
+    undos = [
+        _setattr_undoable(mixer, "HAVE_MAMBA_SSM", True),
+        _setattr_undoable(mixer, "RMSNormGated", kernels.RMSNormGated),
+        _setattr_undoable(mixer, "ExtendedRMSNorm", ExtendedRMSNorm),
+        _setattr_undoable(mixer, "mamba_split_conv1d_scan_combined", kernels.mamba_split_conv1d_scan_combined),
+        _setattr_undoable(mixer, "mamba_chunk_scan_combined", kernels.mamba_chunk_scan_combined),
+    ]
+
+    def undo():
+        for u in reversed(undos):
+            u()
+
+    return undo
+
+
 SHIMS: dict[str, Callable[[], Callable[[], None]]] = {
     "current_device": patch_current_device,
     "synchronize": patch_synchronize,
     "rng_tracker": patch_rng_tracker,
     "cuda_factories": patch_cuda_factories,
+    "mamba_kernels": patch_mamba_kernels,
 }
 
 

@@ -756,10 +756,7 @@ def validated_inputs(args: argparse.Namespace):
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise UserError(f"--output {args.output}: exists and is not a directory")
     check_config_json(model_dir / "config.json")
-    weights = hf_weight_files(model_dir)
-    if not weights:
-        raise UserError(f"--model {model_dir}: no *.safetensors weights (pickle checkpoints are not loaded)")
-    check_safetensors_files(weights)
+    check_safetensors_files(hf_weight_files(model_dir))
     return protocol, shard, names, datasets, model_dir
 
 

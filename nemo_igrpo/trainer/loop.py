@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from nemo_igrpo.algorithms.advantages import compute_advantages
+from nemo_igrpo.algorithms.igrpo import RolloutBudget
 from nemo_igrpo.algorithms.losses import make_policy_loss
+from nemo_igrpo.algorithms.mismatch import mismatch_weights
 from nemo_igrpo.backends import collectives
 from nemo_igrpo.batch import TrainBatch
 from nemo_igrpo.backends.generation.interface import SamplingParams
@@ -34,6 +36,7 @@ from nemo_igrpo.trainer.data import load_prompt_splits
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
 from nemo_igrpo.trainer.stop_signals import StepAbandoned, StopSignals
+from nemo_igrpo.trainer.updates import run_updates, too_many_mini_batches, updates_per_step
 
 log = logging.getLogger("nemo_igrpo.trainer")
 
@@ -59,15 +62,11 @@ class Trainer:
 
         from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
         from nemo_igrpo.backends.policy.parallel import initialize_parallel
-        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
+        from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint
 
         self.cfg = cfg
         if not cfg.policy.model_path:
             raise ConfigError("config key 'policy.model_path': required (a Hugging Face model directory)")
-        if cfg.algorithm.kl_coef > 0:
-            # The losses implement the KL term, but the trainer keeps no reference model yet (the paper uses 0).
-            raise ConfigError("config key 'algorithm.kl_coef': > 0 needs a reference policy, which the trainer does "
-                              "not keep yet; use 0 (the iGRPO paper's setting)")
         self.layout = initialize_parallel(cfg.policy.tensor_model_parallel_size,
                                           cfg.policy.pipeline_model_parallel_size, cfg.trainer.seed)
         self.is_rank0 = self.layout.rank == 0
@@ -90,13 +89,23 @@ class Trainer:
         steps_per_epoch = len(self.train_records) // per_step
         self.total_steps = cfg.trainer.max_steps or steps_per_epoch * cfg.data.num_epochs
         self.sampler = PromptSampler(self.train_records, seed=cfg.data.seed)
+        rows_per_rank = per_step // self.layout.dp_size * RolloutBudget.from_config(cfg.algorithm).num_refinements
+        problem = too_many_mini_batches(cfg.algorithm.num_mini_batches, rows_per_rank)
+        if problem:
+            raise ConfigError(f"config key 'algorithm.num_mini_batches': {problem}")
 
-        self.hf_config, hf_state = read_hf_checkpoint(cfg.policy.model_path)
+        # Memory-mapped: each rank reads only the slices of its own shard.
+        self.hf_config, hf_state = open_hf_checkpoint(cfg.policy.model_path)
+        # The LR schedule counts optimizer updates, several per step with mini-batches or update epochs.
         self.policy = MegatronPolicy(cfg.policy, self.layout, self.hf_config,
-                                     temperature=cfg.generation.temperature, total_steps=self.total_steps,
+                                     temperature=cfg.generation.temperature,
+                                     total_steps=self.total_steps * updates_per_step(cfg.algorithm),
                                      hf_state_dict=hf_state)
-        del hf_state
+        hf_state.close()
         self.loss_fn = make_policy_loss(cfg.algorithm, max_response_tokens=cfg.generation.max_new_tokens)
+        if self.loss_fn.needs_reference:
+            # Now, before any resume loads a checkpoint: the KL reference is the initial weights in every run.
+            self.policy.keep_reference(offload=cfg.policy.reference_offload)
         # HF (CPU): the model-parallel source rank generates and broadcasts to its peers. vLLM (GPU): every rank
         # builds an engine and the ranks of a TP group form one vLLM TP group, generating in lockstep from the same
         # prompts and seeds (external_launcher), so they all hold the same rollouts and nothing is broadcast.
@@ -222,10 +231,21 @@ class Trainer:
         metrics["refit/logprob_mismatch"] = masked_mean((old_logprobs - gen_logprobs).abs(), loss_mask)
         metrics["entropy"] = masked_mean(entropy, loss_mask)
         metrics["advantage/abs_mean"] = float(advantages.abs().mean())
+        correction = mismatch_weights(old_logprobs, gen_logprobs, loss_mask, self.cfg.algorithm.mismatch)
+        metrics.update(correction.metrics)
+        ref_logprobs = None
+        if self.loss_fn.needs_reference:
+            t0 = time.perf_counter()
+            ref_logprobs = self.policy.get_reference_logprobs(input_ids)
+            metrics["time/ref_logprob"] = time.perf_counter() - t0
         batch = TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages,
-                           old_logprobs=old_logprobs, ref_logprobs=None)
+                           old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, is_weights=correction.weights)
         t0 = time.perf_counter()
-        train_metrics = self.policy.train(batch, self.loss_fn)
+        a = self.cfg.algorithm
+        train_metrics = run_updates(self.policy, batch, self.loss_fn, num_mini_batches=a.num_mini_batches,
+                                    num_epochs=a.num_update_epochs,
+                                    seed=seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.MINI_BATCHES,
+                                                             self.layout.dp_rank))
         metrics["time/train"] = time.perf_counter() - t0
         metrics.update(train_metrics)
         skipped = bool(train_metrics.get("skipped", 0.0))

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from omegaconf import OmegaConf
 
 from nemo_igrpo.config import Config, ConfigError
+from nemo_igrpo.trainer.plan_training import training_section
 
 REDACTED = "<redacted>"
 
@@ -300,7 +301,8 @@ def problems_section(plan: Plan) -> list[str]:
 
 
 # The sections of describe_plan, in order. Append a function (Plan -> lines) to add one.
-PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, checks_section]
+PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, training_section,
+                                                     checks_section]
 # Always last: they collect what the sections above found.
 _CLOSING_SECTIONS = (warnings_section, problems_section)
 

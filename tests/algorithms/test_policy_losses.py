@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from nemo_igrpo.algorithms.config import AlgorithmConfig
-from nemo_igrpo.algorithms.losses import LossNormalizer, make_policy_loss
+from nemo_igrpo.algorithms.losses import make_policy_loss
+from nemo_igrpo.batch import LossNormalizer
 from nemo_igrpo.algorithms.registry import POLICY_LOSSES
 
 NAMES = ["grpo", "dapo", "gspo", "dr_grpo"]
@@ -289,3 +290,27 @@ def test_bad_shapes_and_unknown_names():
     with pytest.raises(KeyError, match="k1, k2, k3"):
         make_policy_loss(AlgorithmConfig(kl_coef=0.1, kl_estimator="k9"), max_response_tokens=4)
     assert POLICY_LOSSES.names() == ["dapo", "dr_grpo", "grpo", "gspo"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_registered_loss_satisfies_the_policy_loss_contract(name):
+    from nemo_igrpo.backends.policy.interface import LossFn
+
+    fn = make_policy_loss(AlgorithmConfig(policy_loss=name), max_response_tokens=MAX_TOKENS)
+    assert isinstance(fn, LossFn)
+    # None of them reads the current policy's entropy (no entropy bonus), so the backend must not compute it.
+    assert fn.needs_entropy is False
+    assert fn.needs_reference is False
+    assert make_policy_loss(AlgorithmConfig(policy_loss=name, kl_coef=0.1), max_response_tokens=4).needs_reference
+    # The backend calls it with keyword arguments after the four positional tensors.
+    lp, old, adv, mask, ref = _batch(seed=8)
+    norm = LossNormalizer(num_sequences=6.0, num_tokens=float(mask.sum()))
+    a, _ = fn(lp, old, adv, mask, normalizer=norm, ref_logprobs=ref, entropy=None, is_weights=None)
+    b, _ = fn(lp, old, adv, mask)
+    assert a.item() == pytest.approx(b.item())
+
+
+def test_a_callable_without_the_entropy_declaration_is_not_a_loss():
+    from nemo_igrpo.backends.policy.interface import LossFn
+
+    assert not isinstance(lambda **kw: None, LossFn)

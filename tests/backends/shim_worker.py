@@ -22,6 +22,18 @@ def _tiny_model(**overrides):
     return build_gpt_model(config, __import__("torch").float32, **overrides)
 
 
+def _tiny_hybrid_model():
+    import transformers
+
+    from nemo_igrpo.backends.policy.model import build_model
+
+    config = transformers.NemotronHConfig(
+        vocab_size=64, hidden_size=32, hybrid_override_pattern="M*-", num_attention_heads=2, num_key_value_heads=1,
+        head_dim=16, intermediate_size=48, ssm_state_size=8, mamba_num_heads=4, mamba_head_dim=8, n_groups=1,
+        conv_kernel=4, chunk_size=4, max_position_embeddings=64)
+    return build_model(config, __import__("torch").float32)
+
+
 def _run(op: str, pp: int) -> None:
     import torch
     import torch.distributed as dist
@@ -31,6 +43,11 @@ def _run(op: str, pp: int) -> None:
     parallel_state.initialize_model_parallel(pipeline_model_parallel_size=pp)
     tensor_parallel.model_parallel_cuda_manual_seed(1)
     if op == "seed":
+        return
+    if op == "mamba_forward":
+        ids = torch.randint(0, 64, (2, 7))
+        mask = torch.triu(torch.ones(7, 7, dtype=torch.bool), diagonal=1)[None, None]
+        _tiny_hybrid_model()[0](ids, None, mask).sum().backward()
         return
     recompute = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
     chunks = _tiny_model(**(recompute if op == "recompute" else {}))

@@ -1,5 +1,6 @@
 """Each CPU shim is necessary: with all shims the megatron operations work; with one shim left out, the
-operation named in that shim's docstring fails with a CUDA error. Every case runs in fresh processes."""
+operation named in that shim's docstring fails (with a CUDA error, or for the Mamba kernels a missing triton).
+Every case runs in fresh processes."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from shim_worker import main
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the shims are only applied without CUDA")
 
-# shim left out -> (operation run, pipeline size, the megatron function seen failing in the traceback)
+# shim left out -> (operation run, pipeline size, the megatron function seen failing in the traceback, what the
+# error says)
 NEEDED_BY = {
-    "rng_tracker": ("seed", 1, "random.py:model_parallel_cuda_manual_seed"),
-    "current_device": ("forward", 1, "rotary_pos_embedding.py:get_emb"),
-    "cuda_factories": ("forward", 1, "utils.py:get_default_causal_mask"),
-    "synchronize": ("pp_forward", 2, "p2p_communication.py:_communicate"),
+    "rng_tracker": ("seed", 1, "random.py:model_parallel_cuda_manual_seed", "cuda"),
+    "current_device": ("forward", 1, "rotary_pos_embedding.py:get_emb", "cuda"),
+    "cuda_factories": ("forward", 1, "utils.py:get_default_causal_mask", "cuda"),
+    "synchronize": ("pp_forward", 2, "p2p_communication.py:_communicate", "cuda"),
+    # Without it megatron's Mamba mixer cannot even be imported (it needs triton, then mamba-ssm's kernels).
+    "mamba_kernels": ("mamba_forward", 1, "mamba_mixer.py:<module>", "triton"),
 }
 
 
@@ -28,7 +32,7 @@ def _results(skip: str, op: str, pp: int, tmp_path) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(pp)]
 
 
-@pytest.mark.parametrize("op,pp", [("forward", 1), ("recompute", 1), ("pp_forward", 2)])
+@pytest.mark.parametrize("op,pp", [("forward", 1), ("recompute", 1), ("pp_forward", 2), ("mamba_forward", 1)])
 def test_all_shims_work(op, pp, tmp_path):
     for res in _results("", op, pp, tmp_path):
         assert res["ok"], res
@@ -36,12 +40,12 @@ def test_all_shims_work(op, pp, tmp_path):
 
 @pytest.mark.parametrize("skip", sorted(NEEDED_BY))
 def test_each_shim_is_needed(skip, tmp_path):
-    op, pp, where = NEEDED_BY[skip]
+    op, pp, where, error = NEEDED_BY[skip]
     results = _results(skip, op, pp, tmp_path)
     failed = [r for r in results if not r["ok"]]
     assert failed, f"{op} worked without the {skip!r} shim: it is not needed"
     for r in failed:
-        assert "cuda" in r["error"].lower() and where in r["where"], r
+        assert error in r["error"].lower() and where in r["where"], r
 
 
 def test_apply_is_idempotent_and_removable():

@@ -80,14 +80,15 @@ def parallel():
 
 
 def _cpu_model(cfg):
-    from _mamba_cpu import build_cpu_mamba_model
+    """The trainer's own hybrid model: megatron-core's MambaModel, local spec, pure-PyTorch Mamba kernels."""
+    from nemo_igrpo.backends.policy.model import build_model
 
-    return build_cpu_mamba_model(cfg)
+    return build_model(cfg, torch.float32)[0]
 
 
 def test_names_and_shapes_match_megatron_mamba_model(hf_dir, parallel):
-    """megatron-core's MambaModel, built on CPU (local spec mirroring the TE one; see _mamba_cpu): its parameter
-    names/shapes equal our local-name mapping, and its checkpoint keys/global shapes equal what we write."""
+    """megatron-core's MambaModel, built on CPU by the trainer's builder (local spec): its parameter names/shapes
+    equal our local-name mapping, and its checkpoint keys/global shapes equal what we write."""
     from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
     from megatron.core.dist_checkpointing.mapping import apply_factories
     from megatron.core.dist_checkpointing.dict_utils import nested_values
@@ -140,6 +141,20 @@ def test_cli_round_trip_bit_identical(hf_dir, tmp_path):
     assert (hf_dir / "config.json").read_bytes() == (tmp_path / "hf" / "config.json").read_bytes()
 
 
+def test_dtype_cast_keeps_a_log_and_d_in_float32(hf_dir, tmp_path):
+    from nemo_igrpo.cli import main
+
+    assert main(["convert", "hf-to-megatron", "--hf", str(hf_dir), "--out", str(tmp_path / "mg")]) == 0
+    assert main(["convert", "megatron-to-hf", "--megatron", str(tmp_path / "mg"), "--hf-config", str(hf_dir),
+                 "--out", str(tmp_path / "hf"), "--dtype", "bf16"]) == 0
+    src, out = load_file(str(hf_dir / "model.safetensors")), load_file(str(tmp_path / "hf" / "model.safetensors"))
+    for name, t in out.items():
+        if name.endswith(("mixer.A_log", "mixer.D")):
+            assert t.dtype == torch.float32 and torch.equal(t, src[name]), name
+        else:
+            assert t.dtype == torch.bfloat16, name
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA, mamba-ssm, causal-conv1d and TE")
 def test_logits_match_hf_on_gpu(hf_dir, tmp_path):
@@ -157,7 +172,9 @@ def test_logits_match_hf_on_gpu(hf_dir, tmp_path):
         ref = hf(ids).logits.float()
     initialize_parallel(1, 1, 0)
     try:
-        model = nemotron_h.build_mamba_model(cfg, torch.float32)[0].eval()
+        from nemo_igrpo.backends.policy.model import build_model
+
+        model = build_model(cfg, torch.float32)[0].eval()
         state = dist_checkpointing.load({"model": model.sharded_state_dict(metadata=dict(SHARDED_METADATA))},
                                         str(out))
         model.load_state_dict(state["model"], strict=False)

@@ -19,15 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_worker(args: list[str], world_size: int, timeout: float = 240) -> None:
-    """Start ``world_size`` ranks of the worker; raise with every rank's output tail if one fails."""
+def run_worker(args: list[str], world_size: int, timeout: float = 240, script: str = "policy_worker.py") -> None:
+    """Start ``world_size`` ranks of the worker ``script``; raise with every rank's output tail if one fails."""
     port = free_port()
     procs = []
     for rank in range(world_size):
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-        procs.append(subprocess.Popen([sys.executable, os.path.join(HERE, "policy_worker.py"), *args], env=env,
+        procs.append(subprocess.Popen([sys.executable, os.path.join(HERE, script), *args], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     outs, rcs = [], []
     for p in procs:

@@ -1,5 +1,6 @@
 """MegatronPolicy across layouts (2 processes): DP=2, TP=2 and PP=2 each equal the single-process HF + AdamW
-reference after one step; a TP=1 checkpoint loads at TP=2 with the same log-probs and the same next step."""
+reference after one step; a TP=1 checkpoint loads at TP=2 with the same log-probs and the same next step; at TP=2 and
+PP=2 each rank reads only its own shard of the HF checkpoint."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _launch import run_worker  # noqa: E402
-from common import assert_same_weights, hf_logprobs, load, metrics, prepare_work, reference_step, tiny_hf_model  # noqa: E402,E501
+from common import (assert_rank_read_only_its_shard, assert_same_weights, hf_logprobs, load, metrics,  # noqa: E402
+                    prepare_work, reference_step, tiny_hf_model)
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +61,11 @@ def test_tp1_checkpoint_loads_at_tp2(work):
     assert m["lr"] == ref["lr"]
     assert m["loss"] == pytest.approx(ref["loss"], rel=1e-5)
     assert_same_weights(load(work, "tp2_C2"), load(work, "dp2_A2"))
+
+
+@pytest.mark.parametrize("layout", ["tp2", "pp2"])
+def test_each_rank_reads_only_its_shard(work, layout):
+    """Memory-mapped loading: each rank read exactly the bytes of the parameters it holds (TP slices, its PP stage's
+    layers, replicated norms whole), less than the whole model, and got the weights of the full-state-dict load."""
+    total = sum(v.numel() * 4 for v in tiny_hf_model().state_dict().values())
+    assert_rank_read_only_its_shard(metrics(work, layout)["load"], total, sharded=True)

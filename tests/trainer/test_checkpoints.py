@@ -55,12 +55,3 @@ def test_resume_refuses_other_config_unless_forced():
     with pytest.raises(ResumeError, match="hidden_size"):
         check_resume_compatible(saved, same, {"hidden_size": 128}, force=False)
     check_resume_compatible(saved, other, {"hidden_size": 128}, force=True)
-
-
-def test_trainer_refuses_kl_without_reference_before_building_anything(tmp_path):
-    from nemo_igrpo.config import ConfigError
-    from nemo_igrpo.trainer.loop import Trainer
-
-    cfg = load_config("conf/demo_igrpo.yaml", ["algorithm.kl_coef=0.01", f"policy.model_path={tmp_path}"])
-    with pytest.raises(ConfigError, match="algorithm.kl_coef"):
-        Trainer(cfg)

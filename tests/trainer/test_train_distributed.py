@@ -57,3 +57,27 @@ def test_data_parallel_run(warm_model, tmp_path):
     assert rows[0]["sequences/stage1"] == 4 and rows[0]["sequences/stage2"] == 4
     assert all(r["refit/logprob_mismatch"] < 1e-4 for r in rows)
     assert (out / "checkpoints" / "step_000002" / "trainer_state.json").is_file()
+
+
+# KL to the reference kept in CPU memory, 2 x 2 updates per step, sequence-level MIS; GRPO, whose warm-start rollouts
+# carry a learning signal (see test_train_features_e2e.py).
+FEATURES = ("algorithm.refinement.enabled=false", "algorithm.kl_coef=0.05", "policy.reference_offload=true",
+            "algorithm.num_mini_batches=2", "algorithm.num_update_epochs=2", "algorithm.mismatch.mode=mis",
+            "algorithm.mismatch.mis_level=sequence", "policy.optimizer.lr=1e-4", "trainer.max_steps=2",
+            "trainer.save_every=0")
+
+
+def test_tensor_parallel_run_with_training_features_matches_single_process(warm_model, tmp_path):
+    # Both ranks of the TP group must train on the same mini-batch rows and exchange their own shards with the
+    # reference's: any disagreement hangs the run or changes its numbers.
+    single, tp2 = tmp_path / "tp1", tmp_path / "tp2"
+    proc = run_train(igrpo_train_cmd(warm_model, single, *FEATURES))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_train(torchrun(igrpo_train_cmd(warm_model, tp2, *FEATURES, "policy.tensor_model_parallel_size=2"), 2))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = metrics(tp2), metrics(single)
+    assert [r["step"] for r in got] == [1, 2]
+    assert got[0]["advantage/abs_mean"] == want[0]["advantage/abs_mean"] > 0  # same rollouts, a real gradient
+    for key in ("loss", "kl", "grad_norm", "clipfrac", "approx_kl", "lr"):
+        assert got[0][key] == pytest.approx(want[0][key], rel=1e-4, abs=1e-6), key
+    assert got[1]["kl"] > 0 and got[1]["refit/logprob_mismatch"] < 1e-4

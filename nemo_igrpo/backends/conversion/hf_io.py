@@ -14,7 +14,8 @@ from typing import Any, Iterable
 import torch
 from safetensors.torch import save_file
 
-from nemo_igrpo.errors import DamagedFileError
+from nemo_igrpo.backends.conversion import keeps_fp32
+from nemo_igrpo.errors import DamagedFileError, InputNotFoundError
 
 SHARD_BYTES = 4 * 1024**3
 
@@ -32,6 +33,7 @@ def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Itera
     reader would then run a Qwen model with the default RoPE base. Without a source, the config is saved by
     transformers and the top-level ``rope_theta``/``torch_dtype`` are added back. ``generation_config.json`` (the
     stop tokens and sampling defaults evaluation stacks read) is copied from the source, or derived from the config.
+    ``dtype`` casts every tensor except float32 ``keeps_fp32`` ones (Mamba's A_log and D).
     """
     out = Path(out_dir)
     partial = out.with_name(out.name + ".partial")
@@ -42,9 +44,12 @@ def save_hf_checkpoint(out_dir: str | Path, hf_config: Any, named_tensors: Itera
     size = 0
     written_dtypes: set[torch.dtype] = set()
     for name, tensor in named_tensors:
-        t = tensor.detach().to("cpu", dtype=dtype or tensor.dtype).contiguous()
-        if t.is_floating_point():
-            written_dtypes.add(t.dtype)
+        target = dtype or tensor.dtype
+        if keeps_fp32(name) and torch.float32 in (tensor.dtype, target):
+            target = torch.float32  # Mamba's A_log and D are never rounded to a lower precision
+        t = tensor.detach().to("cpu", dtype=target).contiguous()
+        if t.is_floating_point() and not keeps_fp32(name):
+            written_dtypes.add(t.dtype)  # A_log/D are float32 whatever the model's dtype: they do not name it
         if size and size + t.numel() * t.element_size() > SHARD_BYTES:
             shards.append({})
             size = 0
@@ -127,23 +132,18 @@ def _write_generation_config(dst: Path, hf_config: Any, source: tuple[Path, dict
     GenerationConfig.from_model_config(hf_config).save_pretrained(dst)
 
 
-def read_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[object, dict[str, torch.Tensor]]:
-    """``(hf_config, state_dict)`` from an HF model directory: config.json plus ``model.safetensors`` or a sharded
-    ``model.safetensors.index.json``. Safetensors only: pickle-based ``*.bin`` checkpoints are refused."""
-    import transformers
-    from safetensors.torch import load_file
-
+def _safetensors_files(path: str) -> list[str]:
+    """The weight files of an HF directory: ``model.safetensors`` or the shards of ``model.safetensors.index.json``.
+    Safetensors only: pickle-based ``*.bin`` checkpoints are refused."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"HF checkpoint directory not found: {path!r}")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"{path!r} has no config.json")
-    check_config_json(os.path.join(path, "config.json"))
-    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
+        return [single]
+    if os.path.isfile(index):
         try:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
@@ -157,15 +157,142 @@ def read_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[obje
             if not os.path.isfile(shard):
                 raise FileNotFoundError(f"shard {name!r} listed in {index!r} is missing")
             files.append(shard)
-    else:
-        others = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth"))]
-        hint = f" (found {others}: pickle checkpoints are not loaded; convert them to safetensors)" if others else ""
-        raise FileNotFoundError(f"{path!r} has neither model.safetensors nor model.safetensors.index.json{hint}")
-    check_safetensors_files(files)
-    state_dict: dict[str, torch.Tensor] = {}
+        return files
+    others = [f for f in os.listdir(path) if f.endswith((".bin", ".pt", ".pth"))]
+    hint = f" (found {others}: pickle checkpoints are not loaded; convert them to safetensors)" if others else ""
+    raise FileNotFoundError(f"{path!r} has neither model.safetensors nor model.safetensors.index.json{hint}")
+
+
+class TensorSource:
+    """Named tensors that can be read whole or in part: ``read(name, dim, start, stop)`` returns
+    ``tensor.narrow(dim, start, stop - start)`` (the whole tensor when ``dim`` is None). ``bytes_read`` counts what
+    was handed out. The policy's loader reads each rank's slices through this interface."""
+
+    bytes_read: int = 0
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _read(self, name: str, dim: int | None, start: int, stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def read(self, name: str, dim: int | None = None, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        shape = self.shape(name)
+        if dim is not None:
+            stop = shape[dim] if stop is None else stop
+            if not 0 <= start <= stop <= shape[dim]:
+                raise ValueError(f"{name!r}: [{start}:{stop}] along dim {dim} is outside its shape {shape}")
+        t = self._read(name, dim, start, stop)
+        self.bytes_read += t.numel() * t.element_size()
+        return t
+
+    def close(self) -> None:
+        pass
+
+
+class InMemoryTensors(TensorSource):
+    """A ``TensorSource`` over a dict of tensors already in memory (slices are views)."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.tensors[name].shape)
+
+    def _read(self, name, dim, start, stop):
+        t = self.tensors[name]
+        return t if dim is None else t.narrow(dim, start, stop - start)
+
+
+class SafetensorsCheckpoint(TensorSource):
+    """The tensors of an HF directory, memory-mapped from its safetensors files (``safetensors.safe_open``) and read
+    on demand: a slice reads only its own bytes, so a tensor-parallel rank holds its shard, never the whole model.
+    Only the files' headers are read up front. ``close()`` releases the files."""
+
+    def __init__(self, path: str) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        self._files = {}
+        self._where: dict[str, str] = {}
+        for file in _safetensors_files(path):
+            handle = _open_safetensors(file)
+            self._files[file] = handle
+            for name in handle.keys():
+                if name in self._where:
+                    raise ValueError(f"tensor {name!r} is in both {self._where[name]!r} and {file!r}")
+                self._where[name] = file
+        self._shapes: dict[str, tuple[int, ...]] = {}
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def _slice(self, name: str):
+        if name not in self._where:
+            raise KeyError(f"{self.path!r} has no tensor {name!r}")
+        return self._files[self._where[name]].get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        if name not in self._shapes:
+            self._shapes[name] = tuple(self._slice(name).get_shape())
+        return self._shapes[name]
+
+    def _read(self, name, dim, start, stop):
+        if dim is None:
+            self._slice(name)  # KeyError naming the directory for an unknown name
+            return self._files[self._where[name]].get_tensor(name)
+        part = self._slice(name)
+        index = [slice(None)] * len(self.shape(name))
+        index[dim] = slice(start, stop)
+        return part[tuple(index)]
+
+    def close(self) -> None:
+        self._files.clear()
+
+
+def open_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[object, SafetensorsCheckpoint]:
+    """``(hf_config, tensors)`` of an HF model directory without reading any weight: ``tensors`` reads them on
+    demand (see ``SafetensorsCheckpoint``)."""
+    import transformers
+
+    check_config_json(os.path.join(path, "config.json"))
+    tensors = SafetensorsCheckpoint(path)
+    config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return config, tensors
+
+
+def read_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[object, dict[str, torch.Tensor]]:
+    """``(hf_config, state_dict)`` from an HF model directory: config.json plus ``model.safetensors`` or a sharded
+    ``model.safetensors.index.json``, every tensor read into memory (the converter's whole-model path; the policy
+    reads only its shards through ``open_hf_checkpoint``). Safetensors only: pickle checkpoints are refused."""
+    config, tensors = open_hf_checkpoint(path, trust_remote_code=trust_remote_code)
+    try:
+        return config, {name: tensors.read(name) for name in tensors.names()}
+    finally:
+        tensors.close()
+
+
+def _open_safetensors(file: str | Path):
+    """``safe_open(file)``; a header that does not parse or does not cover the file exactly (a truncated or
+    overwritten file) is a ``DamagedFileError`` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")
+    except SafetensorError as err:
+        raise DamagedFileError(f"{file}: damaged safetensors file (truncated or corrupted?): {err}") from None
+
+
+def check_safetensors_files(files: Iterable[str | Path]) -> None:
+    """``DamagedFileError`` naming the first damaged file of ``files``. Reads only the headers."""
     for file in files:
-        state_dict.update(load_file(file))
-    return config, state_dict
+        _open_safetensors(file)
 
 
 def check_config_json(file: str | Path) -> None:
@@ -179,30 +306,10 @@ def check_config_json(file: str | Path) -> None:
         raise DamagedFileError(f"{file}: expected a JSON object, got {type(obj).__name__}")
 
 
-def check_safetensors_files(files: Iterable[str | Path]) -> None:
-    """``DamagedFileError`` naming the first file whose safetensors header does not parse or does not cover the file
-    exactly (a truncated or overwritten shard). Reads only the headers."""
-    from safetensors import SafetensorError, safe_open
-
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                f.keys()
-        except SafetensorError as err:
-            raise DamagedFileError(f"{file}: damaged safetensors file (truncated or corrupted?): {err}") from None
-
-
 def hf_weight_files(path: str | Path) -> list[Path]:
-    """The safetensors files of an HF directory: ``model.safetensors``, or the shards its index lists (names only
-    checked to stay inside the directory)."""
-    path = Path(path)
-    if (path / "model.safetensors").is_file():
-        return [path / "model.safetensors"]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise DamagedFileError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
-        return [path / n for n in names if os.path.basename(n) == n and (path / n).is_file()]
-    return sorted(path.glob("*.safetensors"))
+    """The safetensors files of an HF directory (``model.safetensors``, or the shards its index lists); a missing one
+    (or only pickle weights) is an ``InputNotFoundError`` saying so."""
+    try:
+        return [Path(f) for f in _safetensors_files(str(path))]
+    except FileNotFoundError as err:
+        raise InputNotFoundError(str(err)) from None

@@ -19,6 +19,8 @@ import re
 
 import torch
 
+from nemo_igrpo.backends.conversion.sources import Source, fuse_qkv_groups, join_all
+
 # Megatron keys that are not weights (TE/fp8 metadata); never mapped.
 _SKIP_SUFFIX = "._extra_state"
 
@@ -40,12 +42,7 @@ def has_qkv_bias(hf_config) -> bool:
 
 def fuse_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hf_config) -> torch.Tensor:
     """HF q/k/v (weights [out, in] or biases [out]) -> Megatron's per-group interleaved linear_qkv."""
-    heads, groups, hd, _ = _dims(hf_config)
-    rest = q.shape[1:]
-    q = q.reshape(groups, heads // groups * hd, *rest)
-    k = k.reshape(groups, hd, *rest)
-    v = v.reshape(groups, hd, *rest)
-    return torch.cat([q, k, v], dim=1).reshape(-1, *rest).clone()
+    return fuse_qkv_groups(q, k, v, _dims(hf_config)[2])
 
 
 def split_qkv(qkv: torch.Tensor, hf_config) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -62,50 +59,54 @@ def split_qkv(qkv: torch.Tensor, hf_config) -> tuple[torch.Tensor, torch.Tensor,
     )
 
 
-def hf_to_megatron(hf_sd: dict[str, torch.Tensor], hf_config, transformer_engine: bool = False) -> dict[str, torch.Tensor]:
+def megatron_sources(hf_config, transformer_engine: bool = False) -> dict[str, Source]:
+    """Every Megatron GPTModel tensor (local-spec names, or TE names if asked) and the HF tensors it is made of."""
+    _, _, hd, _ = _dims(hf_config)
+    ffn = int(hf_config.intermediate_size)
+    out = {
+        "embedding.word_embeddings.weight": Source(("model.embed_tokens.weight",)),
+        "decoder.final_layernorm.weight": Source(("model.norm.weight",)),
+    }
+    if not tied(hf_config):
+        out["output_layer.weight"] = Source(("lm_head.weight",))
+    in_norm = "self_attention.linear_qkv.layer_norm_weight" if transformer_engine else "input_layernorm.weight"
+    mlp_norm = "mlp.linear_fc1.layer_norm_weight" if transformer_engine else "pre_mlp_layernorm.weight"
+    for i in range(int(hf_config.num_hidden_layers)):
+        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
+        out[m + in_norm] = Source((h + "input_layernorm.weight",))
+        out[m + mlp_norm] = Source((h + "post_attention_layernorm.weight",))
+        out[m + "self_attention.linear_qkv.weight"] = Source(
+            tuple(h + f"self_attn.{x}_proj.weight" for x in "qkv"), qkv_head_dim=hd)
+        if has_qkv_bias(hf_config):
+            out[m + "self_attention.linear_qkv.bias"] = Source(
+                tuple(h + f"self_attn.{x}_proj.bias" for x in "qkv"), qkv_head_dim=hd)
+        out[m + "self_attention.linear_proj.weight"] = Source((h + "self_attn.o_proj.weight",))
+        out[m + "mlp.linear_fc1.weight"] = Source((h + "mlp.gate_proj.weight", h + "mlp.up_proj.weight"),
+                                                  sections=(ffn, ffn))
+        out[m + "mlp.linear_fc2.weight"] = Source((h + "mlp.down_proj.weight",))
+    return out
+
+
+def canonical_hf_name(name: str) -> str:
+    """HF names are the same on disk and in memory for this family."""
+    return name
+
+
+def ignored_hf_name(name: str, hf_config) -> bool:
+    """HF tensors that are not Megatron weights: rotary ``inv_freq`` buffers (derived from the config) and a tied
+    model's ``lm_head.weight`` (a copy of the embedding)."""
+    return name.endswith("rotary_emb.inv_freq") or (tied(hf_config) and name == "lm_head.weight")
+
+
+def hf_to_megatron(hf_sd: dict[str, torch.Tensor], hf_config, transformer_engine: bool = False
+                   ) -> dict[str, torch.Tensor]:
     """HF Llama/Qwen2 state dict -> full Megatron GPTModel state dict (local-spec names, or TE names if asked).
 
     Raises KeyError naming the missing HF tensor, and ValueError for HF tensors left unmapped (so a silently
     ignored weight cannot happen).
     """
-    sd = dict(hf_sd)
-    out: dict[str, torch.Tensor] = {}
-
-    def take(name: str) -> torch.Tensor:
-        if name not in sd:
-            raise KeyError(f"HF state dict has no {name!r} (model_type={hf_config.model_type})")
-        return sd.pop(name)
-
-    out["embedding.word_embeddings.weight"] = take("model.embed_tokens.weight")
-    out["decoder.final_layernorm.weight"] = take("model.norm.weight")
-    if tied(hf_config):
-        sd.pop("lm_head.weight", None)
-    else:
-        out["output_layer.weight"] = take("lm_head.weight")
-
-    in_norm = "self_attention.linear_qkv.layer_norm_weight" if transformer_engine else "input_layernorm.weight"
-    mlp_norm = "mlp.linear_fc1.layer_norm_weight" if transformer_engine else "pre_mlp_layernorm.weight"
-    for i in range(int(hf_config.num_hidden_layers)):
-        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
-        out[m + in_norm] = take(h + "input_layernorm.weight")
-        out[m + mlp_norm] = take(h + "post_attention_layernorm.weight")
-        out[m + "self_attention.linear_qkv.weight"] = fuse_qkv(
-            take(h + "self_attn.q_proj.weight"), take(h + "self_attn.k_proj.weight"),
-            take(h + "self_attn.v_proj.weight"), hf_config)
-        if has_qkv_bias(hf_config):
-            out[m + "self_attention.linear_qkv.bias"] = fuse_qkv(
-                take(h + "self_attn.q_proj.bias"), take(h + "self_attn.k_proj.bias"),
-                take(h + "self_attn.v_proj.bias"), hf_config)
-        out[m + "self_attention.linear_proj.weight"] = take(h + "self_attn.o_proj.weight")
-        out[m + "mlp.linear_fc1.weight"] = torch.cat(
-            [take(h + "mlp.gate_proj.weight"), take(h + "mlp.up_proj.weight")], dim=0)
-        out[m + "mlp.linear_fc2.weight"] = take(h + "mlp.down_proj.weight")
-
-    # Rotary inv_freq buffers are derived from the config, not weights.
-    leftover = [k for k in sd if not k.endswith("rotary_emb.inv_freq")]
-    if leftover:
-        raise ValueError(f"HF tensors not mapped to Megatron (unsupported variant?): {sorted(leftover)[:10]}")
-    return out
+    return join_all(megatron_sources(hf_config, transformer_engine), hf_sd, hf_config.model_type,
+                    ignored=lambda name: ignored_hf_name(name, hf_config))
 
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")

@@ -36,8 +36,11 @@ stacked, unlike GPTModel), with TE names whatever spec wrote them, and ``mixer.i
 split into per-part keys (``...in_proj.weight.z`` ...) so that TP resharding keeps each part contiguous.
 ``to_checkpoint_tensors``/``from_checkpoint_tensors`` convert between that layout and the full state dict here.
 
-Pure torch here; the megatron model builder (``build_mamba_model``) imports megatron lazily and needs the
-mamba-ssm/causal-conv1d kernels (GPU).
+Pure torch here. The megatron model itself is built by ``backends/policy/model.py`` (``build_hybrid_model``).
+
+Tensor parallelism: megatron-core 0.16's Mamba parameters carry no ``partition_dim``; ``megatron_sources`` says how
+each is split (``sources.Source.sections`` for the fused ``in_proj``/``conv1d``), and ``backends/policy/weights.py``
+applies it when loading, exporting and refitting.
 """
 
 from __future__ import annotations
@@ -46,90 +49,37 @@ import re
 
 import torch
 
-from nemo_igrpo.backends.conversion.llama import fuse_qkv, split_qkv
+from nemo_igrpo.backends.conversion.llama import split_qkv
+from nemo_igrpo.backends.conversion.sources import Source, join_all
+from nemo_igrpo.backends.policy.architecture import (ATTENTION, MAMBA, MLP, check_architecture, layer_pattern,
+                                                     mamba_dims)
 
-MAMBA, ATTENTION, MLP, MOE = "M", "*", "-", "E"
 _SKIP_SUFFIX = "._extra_state"
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
-# Megatron's gated RMSNorm in MambaMixer has eps hard-coded to 1e-5; HF uses layer_norm_epsilon for it.
-MEGATRON_MAMBA_NORM_EPS = 1e-5
-
 
 # ------------------------------------------------------------------------------------------------------------ config
-def layer_pattern(hf_config) -> str:
-    """The hybrid pattern string (one symbol per layer) from either config spelling."""
-    pattern = getattr(hf_config, "hybrid_override_pattern", None)
-    if not pattern:
-        kinds = getattr(hf_config, "layers_block_type", None) or getattr(hf_config, "layer_types", None)
-        if not kinds:
-            raise ValueError("Nemotron-H config has neither hybrid_override_pattern nor layers_block_type")
-        symbol = {"mamba": MAMBA, "linear_attention": MAMBA, "attention": ATTENTION, "full_attention": ATTENTION,
-                  "mlp": MLP, "moe": MOE}
-        unknown = sorted({k for k in kinds if k not in symbol})
-        if unknown:
-            raise ValueError(f"unknown Nemotron-H layer types {unknown}")
-        pattern = "".join(symbol[k] for k in kinds)
-    return str(pattern)
-
-
-def mamba_dims(hf_config) -> dict[str, int]:
-    """Mamba-2 sizes: heads, head dim, d_inner, groups, state size, conv kernel (HF attribute names resolved)."""
-    nheads = int(hf_config.mamba_num_heads)
-    headdim = int(hf_config.mamba_head_dim)
-    return {
-        "nheads": nheads,
-        "headdim": headdim,
-        "d_inner": nheads * headdim,
-        "ngroups": int(hf_config.n_groups),
-        "d_state": int(hf_config.ssm_state_size),
-        "d_conv": int(hf_config.conv_kernel),
-    }
-
-
 def check_supported(hf_config) -> None:
-    """ValueError for Nemotron-H variants that megatron's MambaModel cannot express or this mapping does not cover."""
-    pattern = layer_pattern(hf_config)
-    bad = sorted(set(pattern) - {MAMBA, ATTENTION, MLP})
-    if bad:
-        raise ValueError(f"hybrid_override_pattern {pattern!r} has layer kinds {bad} that are not supported "
-                         f"(supported: 'M' Mamba-2, '*' attention, '-' MLP; MoE 'E' is not)")
-    problems = []
-    if getattr(hf_config, "use_bias", False) or getattr(hf_config, "mamba_proj_bias", False):
-        problems.append("Mamba in/out projection bias (megatron's MambaMixer asserts bias=False)")
-    if not getattr(hf_config, "use_conv_bias", True):
-        problems.append("use_conv_bias=False (megatron's MambaMixer checkpoint layout needs the conv1d bias)")
-    if getattr(hf_config, "attention_bias", False):
-        problems.append("attention_bias=True")
-    if getattr(hf_config, "mlp_bias", False):
-        problems.append("mlp_bias=True")
-    if getattr(hf_config, "mlp_hidden_act", "relu2") != "relu2":
-        problems.append(f"mlp_hidden_act={hf_config.mlp_hidden_act!r} (only relu2, squared ReLU)")
-    if getattr(hf_config, "mamba_hidden_act", "silu") != "silu":
-        problems.append(f"mamba_hidden_act={hf_config.mamba_hidden_act!r} (only silu)")
-    if int(getattr(hf_config, "num_nextn_predict_layers", 0) or 0) > 0:
-        problems.append("multi-token-prediction layers (num_nextn_predict_layers > 0)")
-    if problems:
-        raise ValueError("Nemotron-H variant not supported: " + "; ".join(problems))
+    """``ArchitectureError`` (a ValueError) for Nemotron-H variants megatron's MambaModel cannot express or this
+    mapping does not cover; the rules are ``architecture.py``'s, shared with the trainer and the dry run."""
+    check_architecture(hf_config, 1, 1)
 
 
 def validate_parallel(hf_config, tp: int, pp: int) -> None:
-    """ValueError unless the model splits over ``tp`` x ``pp`` the way megatron requires (checked before writing)."""
-    d = mamba_dims(hf_config)
-    n_layers = len(layer_pattern(hf_config))
-    checks = [
-        ("vocab_size", int(hf_config.vocab_size), tp),
-        ("num_attention_heads", int(hf_config.num_attention_heads), tp),
-        ("num_key_value_heads", int(getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads), tp),
-        ("mamba_num_heads", d["nheads"], tp),
-        ("n_groups", d["ngroups"], tp),
-        ("intermediate_size", int(hf_config.intermediate_size), tp),
-        ("number of layers", n_layers, pp),
-    ]
-    for name, value, size in checks:
-        if value % size:
-            what = "pipeline_model_parallel_size" if name == "number of layers" else "tensor_model_parallel_size"
-            raise ValueError(f"{name}={value} is not divisible by {what}={size}")
+    """``ArchitectureError`` unless the model splits over ``tp`` x ``pp`` the way megatron requires."""
+    check_architecture(hf_config, tp, pp)
+
+
+def align_hf_model(model) -> None:
+    """Make a transformers ``NemotronHForCausalLM`` compute the step sizes of megatron-core and vLLM, in place.
+
+    transformers clamps ``dt = softplus(dt + dt_bias)`` at ``time_step_min`` (1e-3) in its chunked path (prefill,
+    full forwards) but not in its one-token decode path; megatron-core's Mamba mixer and vLLM never clamp. Unclamped,
+    HF generation agrees with the policy (and with its own full forward) wherever a step size is below 1e-3.
+    """
+    for module in model.modules():
+        if hasattr(module, "time_step_limit"):
+            module.time_step_limit = (0.0, float("inf"))
 
 
 # ----------------------------------------------------------------------------------------------------------- mapping
@@ -145,54 +95,58 @@ _MAMBA_SAME = ("in_proj.weight", "conv1d.weight", "conv1d.bias", "A_log", "D", "
                "out_proj.weight")
 
 
-def _strip_prefix(hf_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF names with the ``backbone.``/``model.`` prefix normalised to ``backbone.``."""
-    out = {}
-    for name, t in hf_sd.items():
-        if name.startswith("model."):
-            name = "backbone." + name[len("model."):]
-        out[name] = t
+def canonical_hf_name(name: str) -> str:
+    """The on-disk name: transformers 5 modules call the base model ``model.``, files ``backbone.``."""
+    return "backbone." + name[len("model."):] if name.startswith("model.") else name
+
+
+def ignored_hf_name(name: str, hf_config) -> bool:
+    """Every HF Nemotron-H tensor is a Megatron weight."""
+    return False
+
+
+def megatron_sources(hf_config, transformer_engine: bool = False) -> dict[str, Source]:
+    """Every Megatron MambaModel tensor (global layer index; norm names of the TE or the local spec) and the HF
+    tensors (``backbone.`` names) it is made of. ``in_proj`` and ``conv1d`` are fused tensors whose parts are each
+    split over tensor-parallel ranks on their own (see ``sources``); the per-head ``A_log``, ``D``, ``dt_bias`` and
+    the gated norm's weight (heads x head dim, group-major) split into contiguous blocks of whole heads and groups."""
+    check_supported(hf_config)
+    d = mamba_dims(hf_config)
+    heads = int(hf_config.num_attention_heads)
+    head_dim = int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads)
+    fused = {name: tuple(rows for _, rows in parts) for name, parts in _splits(hf_config).items()}
+    out = {
+        "embedding.word_embeddings.weight": Source(("backbone.embeddings.weight",)),
+        "decoder.final_norm.weight": Source(("backbone.norm_f.weight",)),
+        "output_layer.weight": Source(("lm_head.weight",)),
+    }
+    norms = _norm_names(transformer_engine)
+    for i, kind in enumerate(layer_pattern(hf_config)):
+        h, m = f"backbone.layers.{i}.", f"decoder.layers.{i}."
+        out[m + norms[kind]] = Source((h + "norm.weight",))
+        if kind == MAMBA:
+            for name in _MAMBA_SAME:
+                out[m + "mixer." + name] = Source((h + "mixer." + name,), sections=fused.get("mixer." + name, ()))
+        elif kind == ATTENTION:
+            out[m + "self_attention.linear_qkv.weight"] = Source(
+                tuple(h + f"mixer.{x}_proj.weight" for x in "qkv"), qkv_head_dim=head_dim)
+            out[m + "self_attention.linear_proj.weight"] = Source((h + "mixer.o_proj.weight",))
+        else:
+            out[m + "mlp.linear_fc1.weight"] = Source((h + "mixer.up_proj.weight",))
+            out[m + "mlp.linear_fc2.weight"] = Source((h + "mixer.down_proj.weight",))
     return out
 
 
 def hf_to_megatron(hf_sd: dict[str, torch.Tensor], hf_config, transformer_engine: bool = False
                    ) -> dict[str, torch.Tensor]:
-    """HF Nemotron-H state dict -> full (TP=1, global layer index) megatron MambaModel state dict.
+    """HF Nemotron-H state dict (``backbone.`` or ``model.`` names) -> full (TP=1, global layer index) megatron
+    MambaModel state dict.
 
-    ``transformer_engine`` picks the norm names (fused into the following linear in the TE spec, which is the only
-    Mamba spec megatron-core ships and the names its checkpoints use). KeyError names a missing HF tensor;
-    ValueError lists HF tensors that were not mapped.
+    ``transformer_engine`` picks the norm names (fused into the following linear in the TE spec, the names its
+    checkpoints use). KeyError names a missing HF tensor; ValueError lists HF tensors that were not mapped.
     """
-    check_supported(hf_config)
-    sd = _strip_prefix(hf_sd)
-    out: dict[str, torch.Tensor] = {}
-
-    def take(name: str) -> torch.Tensor:
-        if name not in sd:
-            raise KeyError(f"HF state dict has no {name!r} (model_type=nemotron_h)")
-        return sd.pop(name)
-
-    out["embedding.word_embeddings.weight"] = take("backbone.embeddings.weight")
-    out["decoder.final_norm.weight"] = take("backbone.norm_f.weight")
-    out["output_layer.weight"] = take("lm_head.weight")
-    norms = _norm_names(transformer_engine)
-    for i, kind in enumerate(layer_pattern(hf_config)):
-        h, m = f"backbone.layers.{i}.", f"decoder.layers.{i}."
-        out[m + norms[kind]] = take(h + "norm.weight")
-        if kind == MAMBA:
-            for name in _MAMBA_SAME:
-                out[m + "mixer." + name] = take(h + "mixer." + name)
-        elif kind == ATTENTION:
-            out[m + "self_attention.linear_qkv.weight"] = fuse_qkv(
-                take(h + "mixer.q_proj.weight"), take(h + "mixer.k_proj.weight"), take(h + "mixer.v_proj.weight"),
-                hf_config)
-            out[m + "self_attention.linear_proj.weight"] = take(h + "mixer.o_proj.weight")
-        else:
-            out[m + "mlp.linear_fc1.weight"] = take(h + "mixer.up_proj.weight")
-            out[m + "mlp.linear_fc2.weight"] = take(h + "mixer.down_proj.weight")
-    if sd:
-        raise ValueError(f"HF tensors not mapped to Megatron (unsupported variant?): {sorted(sd)[:10]}")
-    return out
+    sd = {canonical_hf_name(k): v for k, v in hf_sd.items()}
+    return join_all(megatron_sources(hf_config, transformer_engine), sd, "nemotron_h")
 
 
 def megatron_to_hf(mg_sd: dict[str, torch.Tensor], hf_config, hf_prefix: str = "backbone."
@@ -311,78 +265,3 @@ def extra_state_keys(hf_config) -> list[str]:
     keys = [f"decoder.layers.{i}.{module}._extra_state"
             for i, kind in enumerate(layer_pattern(hf_config)) for module in per_kind[kind]]
     return keys + ["decoder.final_norm._extra_state", "output_layer._extra_state"]
-
-
-# ---------------------------------------------------------------------------------------------- megatron model (GPU)
-def mamba_config_from_hf(hf_config, dtype: torch.dtype, tp: int = 1, pp: int = 1, **overrides):
-    """``(TransformerConfig, model kwargs)`` for megatron's ``MambaModel`` equal in maths to the HF model.
-
-    Raises ValueError for unsupported variants and sizes that do not split over ``tp``/``pp``, and when the HF
-    gated-norm eps differs from megatron's hard-coded 1e-5 (logits would differ silently).
-    """
-    from megatron.core.transformer import TransformerConfig
-
-    check_supported(hf_config)
-    validate_parallel(hf_config, tp, pp)
-    eps = float(getattr(hf_config, "layer_norm_epsilon", 1e-5))
-    if eps != MEGATRON_MAMBA_NORM_EPS:
-        raise ValueError(f"layer_norm_epsilon={eps}: megatron's Mamba gated RMSNorm uses eps=1e-5 (hard-coded)")
-    d = mamba_dims(hf_config)
-    pattern = layer_pattern(hf_config)
-
-    def squared_relu(x):
-        return torch.pow(torch.nn.functional.relu(x), 2)
-
-    from nemo_igrpo.backends.policy.model import common_transformer_kwargs
-
-    kwargs = dict(
-        num_layers=len(pattern),
-        hidden_size=int(hf_config.hidden_size),
-        ffn_hidden_size=int(hf_config.intermediate_size),
-        num_attention_heads=int(hf_config.num_attention_heads),
-        num_query_groups=int(getattr(hf_config, "num_key_value_heads", None) or hf_config.num_attention_heads),
-        kv_channels=int(getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads),
-        mamba_state_dim=d["d_state"],
-        mamba_head_dim=d["headdim"],
-        mamba_num_groups=d["ngroups"],
-        mamba_num_heads=d["nheads"],
-        normalization="RMSNorm",
-        layernorm_epsilon=eps,
-        gated_linear_unit=False,
-        activation_func=squared_relu,
-        add_bias_linear=False,
-        **common_transformer_kwargs(dtype, tp, pp),
-    )
-    kwargs.update(overrides)
-    model_kwargs = dict(
-        vocab_size=int(hf_config.vocab_size),
-        max_sequence_length=int(getattr(hf_config, "max_position_embeddings", 4096)),
-        hybrid_override_pattern=pattern,
-        position_embedding_type="none",  # Nemotron-H attention has no positional encoding
-        share_embeddings_and_output_weights=False,
-    )
-    return TransformerConfig(**kwargs), model_kwargs
-
-
-def build_mamba_model(hf_config, dtype: torch.dtype, **config_overrides) -> list[torch.nn.Module]:
-    """Megatron ``MambaModel`` (TE spec) for this rank's TP/PP position. GPU only: megatron's MambaMixer needs the
-    mamba-ssm and causal-conv1d kernels and its only layer spec is Transformer Engine's."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("building megatron's MambaModel needs CUDA (mamba-ssm, causal-conv1d, Transformer Engine)")
-    from megatron.core import parallel_state
-    from megatron.core.models.mamba import MambaModel
-    from megatron.core.models.mamba.mamba_layer_specs import mamba_stack_spec
-
-    config, model_kwargs = mamba_config_from_hf(
-        hf_config, dtype, tp=parallel_state.get_tensor_model_parallel_world_size(),
-        pp=parallel_state.get_pipeline_model_parallel_world_size(), **config_overrides)
-    model = MambaModel(
-        config=config,
-        mamba_stack_spec=mamba_stack_spec,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
-        parallel_output=True,
-        **model_kwargs,
-    )
-    model.cuda(torch.cuda.current_device())
-    return [model]

@@ -42,11 +42,34 @@ def filter_logits(scaled: torch.Tensor, top_p: float = 1.0, top_k: int = -1) -> 
     return out
 
 
+def _align_with_trainer(model) -> None:
+    """Where transformers' maths departs from the trainer's (megatron-core) and vLLM's, follow theirs: the mapping
+    module of the architecture knows how (Nemotron-H: no dt clamp, see ``nemotron_h.align_hf_model``)."""
+    from nemo_igrpo.backends.conversion import get_mapping, supported_model_types
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in supported_model_types():
+        align = getattr(get_mapping(model_type), "align_hf_model", None)
+        if align is not None:
+            align(model)
+
+
+def _on_disk_aliases(config, names) -> dict[str, str]:
+    """On-disk HF name -> this module's name, where transformers renames weights when loading them."""
+    from nemo_igrpo.backends.conversion import get_mapping, supported_model_types
+
+    if getattr(config, "model_type", None) not in supported_model_types():
+        return {}
+    canonical = get_mapping(config.model_type).canonical_hf_name
+    return {canonical(n): n for n in names if canonical(n) != n}
+
+
 class HFGenerator(GenerationInterface):
     """``GenerationInterface`` on a transformers causal LM.
 
     ``model``: a model directory (safetensors weights; ``trust_remote_code`` off unless asked) or a loaded
-    ``PreTrainedModel``, which is used as is (no copy), so a caller's in-place weight changes are seen too.
+    ``PreTrainedModel``, which is used as is (no copy), so a caller's in-place weight changes are seen too. A
+    Nemotron-H model is set to the trainer's step-size rule (no dt clamp; ``nemotron_h.align_hf_model``).
     Prompts are processed ``batch_size`` at a time, left-padded. Generation stops at ``sampling.stop_token_ids`` and
     always at the model's EOS ids (``eos_token_ids`` overrides them).
     """
@@ -67,6 +90,7 @@ class HFGenerator(GenerationInterface):
             )
         self.model = model
         self.model.eval()
+        _align_with_trainer(self.model)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
@@ -163,14 +187,19 @@ class HFGenerator(GenerationInterface):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model in place, by Hugging Face parameter name.
 
+        Names are the model's own or the on-disk ones (Nemotron-H: ``backbone.`` in files and in the policy's export,
+        ``model.`` in a transformers 5 module).
+
         Tied weights are one tensor reachable under both names (``lm_head.weight`` and
         ``model.embed_tokens.weight``), so either name updates both. An unknown name or a shape mismatch raises before
         that tensor is copied (tensors earlier in the stream are already in place: the stream may be a generator that
         never holds the whole model).
         """
         targets = self.model.state_dict(keep_vars=True)
+        aliases = _on_disk_aliases(self.model.config, targets)
         with torch.no_grad():
             for name, tensor in named_tensors:
+                name = aliases.get(name, name)
                 if name not in targets:
                     raise KeyError(f"update_weights: the model has no parameter named {name!r}")
                 target = targets[name]

@@ -14,10 +14,12 @@ How it fits the trainer (details and measured numbers in docs/vllm.md):
   the policy trains; ``update_weights`` wakes only the weights, ``wake()``/``generate()`` the rest. vLLM has no
   sleep mode on CPU, where both are no-ops.
 * **Refit.** ``update_weights`` takes ``(hf_name, tensor)`` pairs (``MegatronPolicy.export_hf_weights()``), groups
-  them into buckets of at most ``refit_bucket_bytes`` (converted to the engine's dtype and device) and hands each
-  bucket to the model's own ``load_weights`` inside one vLLM layerwise-reload session (q/k/v and gate/up land in the
-  packed parameters, kernel-format repacking is redone per layer), then resets the prefix cache: KV blocks computed
-  with the old weights must never serve a prompt again.
+  them into buckets of at most ``refit_bucket_bytes`` (converted to the engine's dtype and device; Mamba's A_log and
+  D stay float32) and hands each bucket to the model's own ``load_weights`` (q/k/v and gate/up land in the packed
+  parameters), inside one vLLM layerwise-reload session (``refit_mode="layerwise"``: kernel-format repacking is
+  redone per layer) or directly (``"load_weights"``, the default for hybrid Mamba models), then resets the prefix
+  cache: KV blocks computed with the old weights must never serve a prompt again.
+* **Hybrid (Nemotron-H).** Prefix caching is off by default for hybrid Mamba models (``engine_kwargs``).
 * **Log-probs.** ``logprobs_mode="processed_logprobs"`` with ``logprobs=0`` returns log_softmax(logits / T) of the
   sampled token, which is what the Megatron policy computes, as long as top-p/top-k are off (the training default).
   With top-p < 1 or top-k > 0 vLLM renormalises over the kept tokens, so the value is log p(token | nucleus); a
@@ -34,6 +36,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
+from nemo_igrpo.backends.conversion import keeps_fp32
 from nemo_igrpo.backends.generation.interface import GenerationInterface, GenerationOutput, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,32 @@ def request_seed(seed: int, index: int) -> int:
 
     return int(np.random.SeedSequence([int(seed) & _SEED_MASK, int(index)]).generate_state(1, np.uint64)[0]
                & _SEED_MASK)
+
+
+# How a refit enters the engine (see update_weights and GenerationConfig.vllm_refit).
+REFIT_MODES = ("layerwise", "load_weights")
+
+
+def is_hybrid_checkpoint(model_path: str) -> bool:
+    """Whether the HF directory holds a hybrid Mamba model (Nemotron-H), from its config.json's model_type."""
+    import json
+
+    from nemo_igrpo.backends.policy.architecture import is_hybrid
+
+    config = os.path.join(model_path, "config.json")
+    if not os.path.isfile(config):
+        return False
+    with open(config) as f:
+        return is_hybrid(json.load(f))
+
+
+def resolve_refit_mode(setting: str, model_path: str) -> str:
+    """``generation.vllm_refit`` -> a refit mode: "auto" is load_weights for hybrid models, layerwise otherwise."""
+    if setting == "auto":
+        return "load_weights" if is_hybrid_checkpoint(model_path) else "layerwise"
+    if setting not in REFIT_MODES:
+        raise ValueError(f"config key 'generation.vllm_refit': {setting!r} is not one of {['auto', *REFIT_MODES]}")
+    return setting
 
 
 # Prefill budget of the CPU engine (tokens per scheduler step); see engine_kwargs.
@@ -90,8 +119,10 @@ def _iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_byte
     size = 0
     for name, tensor in named_tensors:
         t = tensor.detach()
-        # Floating tensors follow the engine's dtype; integer buffers (none in Llama/Qwen2) keep theirs.
-        t = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        # Floating tensors follow the engine's dtype, except Mamba's A_log and D, which vLLM keeps in float32 like
+        # the trainer (rounding them would change every head's decay rate); integer buffers keep theirs.
+        target = torch.float32 if keeps_fp32(name) else (dtype if t.is_floating_point() else t.dtype)
+        t = t.to(device=device, dtype=target)
         nbytes = t.numel() * t.element_size()
         if bucket and size + nbytes > bucket_bytes:
             yield bucket
@@ -133,6 +164,11 @@ def _end_reload(worker: Any) -> None:
 
     with set_current_vllm_config(worker.vllm_config), torch.no_grad():
         finalize_layerwise_reload(worker.get_model(), worker.vllm_config.model_config)
+    _drop_derived_caches(worker)
+
+
+def _drop_derived_caches(worker: Any) -> None:
+    """Runs on the worker: drop caches computed from the old weights (after either refit mode)."""
     runner = worker.model_runner
     for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
         if hasattr(runner, reset):
@@ -146,7 +182,8 @@ class VLLMGenerator(GenerationInterface):
     built elsewhere, as long as it runs in this process with ``logprobs_mode="processed_logprobs"``.
     """
 
-    def __init__(self, llm, *, sleep_level: int = 1, refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES):
+    def __init__(self, llm, *, sleep_level: int = 1, refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES,
+                 refit_mode: str = "layerwise"):
         mode = llm.llm_engine.model_config.logprobs_mode
         if mode != "processed_logprobs":
             raise ValueError(f"the engine returns {mode!r} log-probs; the generator needs 'processed_logprobs' "
@@ -155,6 +192,9 @@ class VLLMGenerator(GenerationInterface):
             raise ValueError(f"sleep_level must be 1 (offload weights) or 2 (discard weights), got {sleep_level}")
         if refit_bucket_bytes < 1:
             raise ValueError(f"refit_bucket_bytes must be >= 1, got {refit_bucket_bytes}")
+        if refit_mode not in REFIT_MODES:
+            raise ValueError(f"refit_mode={refit_mode!r}: expected one of {list(REFIT_MODES)}")
+        self.refit_mode = refit_mode
         self.llm = llm
         self.sleep_level = sleep_level
         self.refit_bucket_bytes = int(refit_bucket_bytes)
@@ -171,13 +211,16 @@ class VLLMGenerator(GenerationInterface):
     @staticmethod
     def engine_kwargs(model_path: str, *, tokenizer_path: str = "", precision: str = "auto",
                       tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.6,
-                      enable_prefix_caching: bool = True, enable_sleep_mode: bool = True,
+                      enable_prefix_caching: bool | None = None, enable_sleep_mode: bool = True,
                       max_model_len: int | None = None, trust_remote_code: bool = False, seed: int = 0,
                       **overrides) -> dict[str, Any]:
-        """The ``vllm.LLM`` keyword arguments for a colocated engine on this machine (GPU or CPU)."""
+        """The ``vllm.LLM`` keyword arguments for a colocated engine on this machine (GPU or CPU).
+        ``enable_prefix_caching=None``: on, except for hybrid Mamba models."""
         import torch.distributed as dist
 
         on_gpu = torch.cuda.is_available()
+        if enable_prefix_caching is None:
+            enable_prefix_caching = not is_hybrid_checkpoint(model_path)
         kwargs: dict[str, Any] = dict(
             model=model_path,
             tokenizer=tokenizer_path or model_path,
@@ -213,14 +256,16 @@ class VLLMGenerator(GenerationInterface):
 
     @classmethod
     def from_pretrained(cls, model_path: str, *, sleep_level: int = 1,
-                        refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES, **engine_kwargs) -> "VLLMGenerator":
+                        refit_bucket_bytes: int = DEFAULT_REFIT_BUCKET_BYTES, refit_mode: str = "auto",
+                        **engine_kwargs) -> "VLLMGenerator":
         """An engine on the HF directory ``model_path`` (config, safetensors, tokenizer); ``engine_kwargs`` go to
-        ``engine_kwargs()``."""
+        ``engine_kwargs()``. ``refit_mode`` as ``generation.vllm_refit``."""
         _require_in_process()
         from vllm import LLM
 
+        mode = resolve_refit_mode(refit_mode, model_path)
         return cls(LLM(**cls.engine_kwargs(model_path, **engine_kwargs)), sleep_level=sleep_level,
-                   refit_bucket_bytes=refit_bucket_bytes)
+                   refit_bucket_bytes=refit_bucket_bytes, refit_mode=mode)
 
     @classmethod
     def from_config(cls, gen, policy) -> "VLLMGenerator":
@@ -236,6 +281,7 @@ class VLLMGenerator(GenerationInterface):
             gpu_memory_utilization=gen.gpu_memory_utilization,
             enable_prefix_caching=gen.enable_prefix_caching,
             enable_sleep_mode=gen.enable_sleep_mode,
+            refit_mode=gen.vllm_refit,
             trust_remote_code=policy.trust_remote_code,
         )
 
@@ -330,8 +376,8 @@ class VLLMGenerator(GenerationInterface):
         return self.llm.collective_rpc(probe)[0]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load HF-named tensors into the running engine in place, ``refit_bucket_bytes`` at a time, then reset the
-        prefix cache.
+        """Load HF-named tensors into the running engine in place, ``refit_bucket_bytes`` at a time (inside a
+        layerwise-reload session or by plain ``load_weights``, per ``refit_mode``), then reset the prefix cache.
 
         Peak extra memory: one bucket of converted copies (at most ``refit_bucket_bytes``, or one tensor if larger),
         plus what the producer holds. Tensors may alias the producer's parameters (Megatron TP=1 export): they are
@@ -342,7 +388,9 @@ class VLLMGenerator(GenerationInterface):
         self._wake_weights()
         dtype, device = self._model_dtype_device()
         buckets = 0
-        self.llm.collective_rpc(_begin_reload)
+        layerwise = self.refit_mode == "layerwise"
+        if layerwise:
+            self.llm.collective_rpc(_begin_reload)
         try:
             for bucket in _iter_buckets(named_tensors, self.refit_bucket_bytes, dtype, device):
                 self.llm.collective_rpc(_load_bucket, args=(bucket,))
@@ -350,7 +398,7 @@ class VLLMGenerator(GenerationInterface):
                 del bucket
         finally:
             # Also on error: the model must leave the reload session (its loaders are wrapped until then).
-            self.llm.collective_rpc(_end_reload)
+            self.llm.collective_rpc(_end_reload if layerwise else _drop_derived_caches)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         # Blocks hashed by token ids only: without this, a prompt seen before the refit would reuse KV computed with

@@ -5,9 +5,10 @@ object) and ``igrpo train --dry-run`` on a login node (``trainer.plan``, with th
 no megatron, no GPU). A rule is therefore written here and nowhere else, and the dry run refuses exactly what the
 builder would refuse.
 
-Rules are registered per HF ``model_type`` (``@register("llama")``); each returns every problem it finds, as one
-sentence naming the ``config.json`` key and, where the parallel layout is the cause, the ``policy.*`` key. Pure
-Python on purpose: nothing here imports torch.
+Rules are registered per HF ``model_type`` (``@register("llama")``): the GPT family (Llama, Qwen2) and Nemotron-H
+(the hybrid Mamba model; the conversion mapping reads its layer pattern and Mamba sizes from here too). Each rule
+returns every problem it finds, as one sentence naming the ``config.json`` key and, where the parallel layout is the
+cause, the ``policy.*`` key. Pure Python on purpose: nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from typing import Any, Callable
 
 Rule = Callable[[Any, int, int], list[str]]
 _RULES: dict[str, Rule] = {}
+
+# The two model families the policy builds (backends/policy/model.py): megatron-core GPTModel and its hybrid
+# Mamba model.
+GPT_MODEL_TYPES = ("llama", "qwen2")
+HYBRID_MODEL_TYPES = ("nemotron_h",)
 
 TP_KEY = "tensor_model_parallel_size"
 PP_KEY = "pipeline_model_parallel_size"
@@ -147,7 +153,7 @@ def qkv_bias(cfg: Any) -> bool:
     return field(cfg, "model_type") == "qwen2"
 
 
-@register("llama", "qwen2")
+@register(*GPT_MODEL_TYPES)
 def _gpt_rules(cfg: Any, tp: int, pp: int) -> list[str]:
     problems = []
     for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "vocab_size", "intermediate_size"):
@@ -167,3 +173,87 @@ def _gpt_rules(cfg: Any, tp: int, pp: int) -> list[str]:
             problems.append(f"Llama attention_bias={attn_bias} / mlp_bias={mlp_bias} is not supported (only both "
                             "False)")
     return problems + divisibility_problems(cfg, tp, pp) + rope_problems(cfg)
+
+
+# --- Nemotron-H (megatron-core's hybrid MambaModel) ------------------------------------------------------------------
+
+MAMBA, ATTENTION, MLP, MOE = "M", "*", "-", "E"
+_LAYER_SYMBOLS = {"mamba": MAMBA, "linear_attention": MAMBA, "attention": ATTENTION, "full_attention": ATTENTION,
+                  "mlp": MLP, "moe": MOE}
+# megatron-core's Mamba gated RMSNorm has eps hard-coded to 1e-5; HF uses layer_norm_epsilon for it.
+MEGATRON_MAMBA_NORM_EPS = 1e-5
+
+
+def layer_pattern(cfg: Any) -> str:
+    """The hybrid layer pattern, one symbol per layer (``M`` Mamba-2, ``*`` attention, ``-`` MLP, ``E`` MoE), from
+    ``hybrid_override_pattern`` (config.json) or ``layers_block_type`` (what transformers 5 derives from it)."""
+    pattern = field(cfg, "hybrid_override_pattern")
+    if not pattern:
+        kinds = field(cfg, "layers_block_type") or field(cfg, "layer_types")
+        if not kinds:
+            raise ArchitectureError("Nemotron-H config has neither hybrid_override_pattern nor layers_block_type")
+        unknown = sorted({k for k in kinds if k not in _LAYER_SYMBOLS})
+        if unknown:
+            raise ArchitectureError(f"layers_block_type has unknown Nemotron-H layer types {unknown}")
+        pattern = "".join(_LAYER_SYMBOLS[k] for k in kinds)
+    return str(pattern)
+
+
+def mamba_dims(cfg: Any) -> dict[str, int]:
+    """Mamba-2 sizes: heads, head dim, d_inner, groups, state size, conv kernel (HF key names resolved)."""
+    nheads, headdim = int(field(cfg, "mamba_num_heads", 0)), int(field(cfg, "mamba_head_dim", 0))
+    return {"nheads": nheads, "headdim": headdim, "d_inner": nheads * headdim,
+            "ngroups": int(field(cfg, "n_groups", 0)), "d_state": int(field(cfg, "ssm_state_size", 0)),
+            "d_conv": int(field(cfg, "conv_kernel", 0))}
+
+
+@register(*HYBRID_MODEL_TYPES)
+def _nemotron_h_rules(cfg: Any, tp: int, pp: int) -> list[str]:
+    problems = [f"{key} is missing" for key in ("hidden_size", "num_attention_heads", "vocab_size", "mamba_num_heads",
+                                                 "mamba_head_dim", "n_groups", "ssm_state_size", "conv_kernel")
+                if not field(cfg, key)]
+    try:
+        pattern = layer_pattern(cfg)
+    except ArchitectureError as err:
+        problems.append(str(err))
+    if problems:
+        return problems
+    bad = sorted(set(pattern) - {MAMBA, ATTENTION, MLP})
+    if bad:
+        problems.append(f"hybrid_override_pattern {pattern!r} has layer kinds {bad} that are not supported "
+                        "(supported: 'M' Mamba-2, '*' attention, '-' MLP; MoE 'E' is not)")
+    unsupported = [
+        (field(cfg, "use_bias", False) or field(cfg, "mamba_proj_bias", False),
+         "use_bias/mamba_proj_bias=True (megatron's Mamba mixer has no in/out projection bias)"),
+        (not field(cfg, "use_conv_bias", True), "use_conv_bias=False (megatron's Mamba mixer has a conv1d bias)"),
+        (field(cfg, "attention_bias", False), "attention_bias=True"),
+        (field(cfg, "mlp_bias", False), "mlp_bias=True"),
+        (field(cfg, "mlp_hidden_act", "relu2") != "relu2",
+         f"mlp_hidden_act={field(cfg, 'mlp_hidden_act')!r} (only relu2, squared ReLU)"),
+        (field(cfg, "mamba_hidden_act", "silu") != "silu",
+         f"mamba_hidden_act={field(cfg, 'mamba_hidden_act')!r} (only silu)"),
+        (int(field(cfg, "num_nextn_predict_layers", 0)) > 0,
+         "multi-token-prediction layers (num_nextn_predict_layers > 0)"),
+        (field(cfg, "tie_word_embeddings", False), "tie_word_embeddings=True (Nemotron-H keeps lm_head separate)"),
+        (float(field(cfg, "layer_norm_epsilon", 1e-5)) != MEGATRON_MAMBA_NORM_EPS,
+         f"layer_norm_epsilon={field(cfg, 'layer_norm_epsilon')} (megatron's Mamba gated RMSNorm uses 1e-5, "
+         "hard-coded)"),
+    ]
+    problems += [f"Nemotron-H variant not supported: {what}" for bad_value, what in unsupported if bad_value]
+    d = mamba_dims(cfg)
+    if d["nheads"] % d["ngroups"]:
+        problems.append(f"mamba_num_heads={d['nheads']} is not divisible by n_groups={d['ngroups']}")
+    heads, kv_heads = num_heads(cfg)
+    splits = [("vocab_size", int(field(cfg, "vocab_size")), tp, TP_KEY),
+              ("num_attention_heads", heads, tp, TP_KEY), ("num_key_value_heads", kv_heads, tp, TP_KEY),
+              ("mamba_num_heads", d["nheads"], tp, TP_KEY), ("n_groups", d["ngroups"], tp, TP_KEY),
+              ("intermediate_size", int(field(cfg, "intermediate_size", 0)), tp, TP_KEY),
+              (f"the number of layers (hybrid_override_pattern {pattern!r})", len(pattern), pp, PP_KEY)]
+    problems += [f"{name}={value} is not divisible by {key}={size}"
+                 for name, value, size, key in splits if value % size]
+    return problems
+
+
+def is_hybrid(cfg: Any) -> bool:
+    """Whether ``cfg`` (config.json dict or transformers config) is a hybrid Mamba model (Nemotron-H)."""
+    return field(cfg, "model_type") in HYBRID_MODEL_TYPES

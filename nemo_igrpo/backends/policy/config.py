@@ -27,7 +27,8 @@ class OptimizerConfig:
 
 @dataclass
 class PolicyConfig:
-    # Hugging Face model directory (config.json + safetensors + tokenizer) to start from. Llama/Qwen2 family.
+    # Hugging Face model directory (config.json + safetensors + tokenizer) to start from: Llama/Qwen2 family or
+    # Nemotron-H (hybrid Mamba, docs/nemotron_h.md). Each rank reads only its own shard of it (memory-mapped).
     model_path: str = ""
     # Tokenizer directory; empty: model_path.
     tokenizer_path: str = ""
@@ -42,6 +43,11 @@ class PolicyConfig:
     # Sequences per forward-only micro-batch in get_logprobs (no activations kept, so it can be larger); 0: as
     # micro_batch_size.
     logprob_micro_batch_size: int = 0
-    # Recompute activations in the backward pass to save memory (Megatron "full" recompute).
+    # Recompute activations in the backward pass to save memory. GPTModel: Megatron "full" recompute. Nemotron-H:
+    # selective recompute of attention and MLP (megatron-core 0.16.1's hybrid stack cannot recompute Mamba layers;
+    # a start-up warning says so).
     activation_checkpointing: bool = False
+    # With a KL penalty (algorithm.kl_coef > 0): keep the frozen reference policy's weights in CPU memory between uses
+    # instead of on the device (one model copy of device memory saved, two host-device copies per step spent).
+    reference_offload: bool = False
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -1,4 +1,5 @@
-"""The Megatron policy: megatron-core GPTModel + DDP + Megatron optimizer + LR schedule behind ``PolicyInterface``.
+"""The Megatron policy: megatron-core GPTModel or hybrid (Mamba) model + DDP + Megatron optimizer + LR schedule
+behind ``PolicyInterface``.
 
 Every public method is collective: all ranks of the job (TP x PP x DP) must call it, in the same order.
 
@@ -26,7 +27,7 @@ import torch.distributed as dist
 
 from nemo_igrpo.backends.policy.config import PolicyConfig
 from nemo_igrpo.backends.policy.interface import LossFn, PolicyInterface
-from nemo_igrpo.batch import TrainBatch
+from nemo_igrpo.batch import LossNormalizer, TrainBatch
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,14 @@ def make_lr_scheduler(optimizer, ocfg, total_steps: int):
 
 
 class MegatronPolicy(PolicyInterface):
-    """A Llama/Qwen2 policy trained with megatron-core.
+    """A Llama/Qwen2 (GPTModel) or Nemotron-H (hybrid Mamba model) policy trained with megatron-core.
 
     Construct after ``initialize_parallel`` on every rank::
 
-        hf_config, sd = read_hf_checkpoint(path)
-        policy = MegatronPolicy(cfg.policy, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
+        hf_config, tensors = open_hf_checkpoint(path)   # memory-mapped; each rank reads only its shard
+        policy = MegatronPolicy(cfg.policy, layout, hf_config, temperature, total_steps, hf_state_dict=tensors)
+
+    ``hf_state_dict`` may also be a dict of full HF tensors.
 
     ``total_steps`` is the number of optimizer steps of the run (the LR schedule ends there). Update ``k`` (1-based)
     uses the schedule's value at step ``k``: linear warmup reaching ``lr`` at step ``floor(warmup_ratio*total)``,
@@ -99,12 +102,17 @@ class MegatronPolicy(PolicyInterface):
     (norm weights), as in Megatron.
     """
 
+    # The frozen KL reference (``keep_reference``) and its fingerprint; set before any update or checkpoint load.
+    _reference = None
+    _reference_fingerprint: str | None = None
+    _loaded_checkpoint = False
+
     def __init__(self, cfg: PolicyConfig, layout, hf_config, temperature: float, total_steps: int,
-                 hf_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+                 hf_state_dict=None) -> None:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
-        from nemo_igrpo.backends.policy.model import build_gpt_model
+        from nemo_igrpo.backends.policy.model import build_model
 
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -123,10 +131,7 @@ class MegatronPolicy(PolicyInterface):
                           "and collectives assume CUDA); using the plain optimizer on CPU", stacklevel=2)
             self.use_distributed_optimizer = False
 
-        overrides: dict[str, Any] = {}
-        if cfg.activation_checkpointing:
-            overrides.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
-        chunks = build_gpt_model(hf_config, self.dtype, **overrides)
+        chunks = build_model(hf_config, self.dtype, activation_checkpointing=cfg.activation_checkpointing)
         if hf_state_dict is not None:
             # Before DDP/optimizer creation: the optimizer copies (bf16) or aliases the parameters at construction.
             from nemo_igrpo.backends.policy.weights import load_hf_state_dict
@@ -161,11 +166,14 @@ class MegatronPolicy(PolicyInterface):
     @classmethod
     def from_hf(cls, cfg: PolicyConfig, layout, temperature: float, total_steps: int,
                 path: str | None = None) -> "MegatronPolicy":
-        """Build from a Hugging Face directory (``path`` or ``cfg.model_path``)."""
-        from nemo_igrpo.backends.conversion.hf_io import read_hf_checkpoint
+        """Build from a Hugging Face directory (``path`` or ``cfg.model_path``); each rank reads only its shard."""
+        from nemo_igrpo.backends.conversion.hf_io import open_hf_checkpoint
 
-        hf_config, sd = read_hf_checkpoint(path or cfg.model_path, trust_remote_code=cfg.trust_remote_code)
-        return cls(cfg, layout, hf_config, temperature, total_steps, hf_state_dict=sd)
+        hf_config, tensors = open_hf_checkpoint(path or cfg.model_path, trust_remote_code=cfg.trust_remote_code)
+        try:
+            return cls(cfg, layout, hf_config, temperature, total_steps, hf_state_dict=tensors)
+        finally:
+            tensors.close()
 
     def _build_optimizer(self):
         from megatron.core.optimizer import OptimizerConfig as MOptimizerConfig
@@ -195,7 +203,7 @@ class MegatronPolicy(PolicyInterface):
     # ---------------------------------------------------------------------------------------------------- helpers
     @property
     def chunks(self) -> list[torch.nn.Module]:
-        """The unwrapped GPTModel chunks of this PP stage (for weights.py)."""
+        """The unwrapped model chunks of this PP stage (for weights.py)."""
         return [m.module for m in self.model]
 
     @property
@@ -293,6 +301,36 @@ class MegatronPolicy(PolicyInterface):
                 dist.broadcast(ent, src=self._pp_last_rank(), group=self._pp_group())
         return lp.cpu(), (ent.cpu() if ent is not None else None)
 
+    # ------------------------------------------------------------------------------------------ reference policy
+    def keep_reference(self, offload: bool = False) -> None:
+        """Freeze this rank's shards of the current weights as the KL reference (see ``backends.policy.reference``).
+
+        Refused after an update or a checkpoint load: the reference must be the run's initial weights, which a
+        resumed run gets by calling this on the freshly built policy before ``load_checkpoint``. Checkpoints record
+        the reference's fingerprint and ``load_checkpoint`` refuses one written with another reference (a resume
+        may point ``policy.model_path`` at a new directory; its weights must be the same). Collective.
+        """
+        from nemo_igrpo.backends.policy.reference import ReferenceWeights, weights_fingerprint
+
+        if self._reference is not None:
+            raise RuntimeError("keep_reference: a reference policy is already kept")
+        if self.num_updates > 0 or self._loaded_checkpoint:
+            raise RuntimeError("keep_reference: the policy was already trained or loaded from a checkpoint; the "
+                               "reference must be the initial weights, so keep it right after construction")
+        self._reference = ReferenceWeights(self.chunks, offload=offload)
+        self._reference_fingerprint = weights_fingerprint(self.export_hf_weights())
+        log.info("reference policy kept (%.1f MiB on this rank, %s)", self._reference.num_bytes / 2**20,
+                 "CPU memory" if offload else str(self.device))
+
+    def get_reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``get_logprobs`` with the reference weights swapped in; the policy's weights are restored bit for bit.
+        Collective, like ``get_logprobs``."""
+        if self._reference is None:
+            raise RuntimeError("get_reference_logprobs: no reference policy; call keep_reference() first")
+        with self._reference.swapped_in():
+            logprobs, _ = self.get_logprobs(input_ids)
+        return logprobs
+
     # --------------------------------------------------------------------------------------------------- training
     def train(self, batch: TrainBatch, loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step over this DP rank's ``batch``, micro-batched by ``cfg.micro_batch_size``. Collective.
@@ -302,8 +340,6 @@ class MegatronPolicy(PolicyInterface):
         clipping), ``lr`` (used by this update), ``skipped`` (1.0 when a non-finite loss or gradient norm skipped
         the update: gradients are dropped and neither the optimizer nor the schedule advance).
         """
-        from nemo_igrpo.algorithms.losses import LossNormalizer
-
         for m in self.model:
             m.train()
             m.zero_grad_buffer()
@@ -329,6 +365,7 @@ class MegatronPolicy(PolicyInterface):
                 "old_logprobs": mb.old_logprobs.to(self.device, dtype=torch.float32),
                 "ref_logprobs": (None if mb.ref_logprobs is None
                                  else mb.ref_logprobs.to(self.device, dtype=torch.float32)),
+                "is_weights": (None if mb.is_weights is None else mb.is_weights.to(self.device, dtype=torch.float32)),
             })
         # Megatron divides each micro-batch loss by the number of micro-batches and DDP averages gradients over DP.
         scale = float(len(data) * self.layout.dp_size)
@@ -365,12 +402,10 @@ class MegatronPolicy(PolicyInterface):
         from nemo_igrpo.backends.policy.logprobs import token_entropy, token_logprobs
 
         logprobs = token_logprobs(logits, mb["input_ids"], temperature)
-        entropy = None
-        if getattr(loss_fn, "needs_entropy", False):
-            entropy = token_entropy(logits, temperature)
-        loss, metrics = loss_fn(logprobs=logprobs, old_logprobs=mb["old_logprobs"], advantages=mb["advantages"],
-                                mask=mb["loss_mask"], ref_logprobs=mb["ref_logprobs"], entropy=entropy,
-                                normalizer=normalizer)
+        entropy = token_entropy(logits, temperature) if loss_fn.needs_entropy else None
+        loss, metrics = loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"],
+                                normalizer=normalizer, ref_logprobs=mb["ref_logprobs"], entropy=entropy,
+                                is_weights=mb["is_weights"])
         reported = {k: v.detach().float() for k, v in metrics.items()}
         reported["loss"] = loss.detach().float()
         if "num_tokens" not in reported:
@@ -474,7 +509,7 @@ class MegatronPolicy(PolicyInterface):
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def _model_sharded_state_dict(self, metadata: dict) -> dict:
-        # From the unwrapped GPTModel: tensor keys then do not depend on the DDP wrapper.
+        # From the unwrapped model: tensor keys then do not depend on the DDP wrapper.
         if len(self.model) == 1:
             return {"model": self.chunks[0].sharded_state_dict(metadata=metadata)}
         return {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(self.chunks)}
@@ -518,6 +553,7 @@ class MegatronPolicy(PolicyInterface):
             "pp": self.layout.pp_size,
             "has_optimizer": has_opt,
             "distributed_optimizer": self.use_distributed_optimizer,
+            "reference_fingerprint": self._reference_fingerprint,
         }
         if (not dist.is_initialized() or dist.get_rank() == 0):
             os.makedirs(path, exist_ok=True)
@@ -544,6 +580,11 @@ class MegatronPolicy(PolicyInterface):
         pmeta = common.get("policy_meta", {})
         if pmeta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a policy checkpoint of format {CHECKPOINT_FORMAT} (got {pmeta!r})")
+        saved_reference = pmeta.get("reference_fingerprint")
+        if self._reference is not None and saved_reference is not None \
+                and saved_reference != self._reference_fingerprint:
+            raise ValueError(f"{path}: written by a run whose KL reference (its initial weights) differs from this "
+                             "run's (policy.model_path holds other weights); a resumed run must keep its reference")
         world = dist.get_world_size() if dist.is_initialized() else 1
         same_world = pmeta.get("world_size") == world
         with_opt = load_optimizer and bool(pmeta.get("has_optimizer"))
@@ -573,6 +614,7 @@ class MegatronPolicy(PolicyInterface):
         # Megatron's load_state_dict *adds* the saved step count to the current one.
         self.scheduler.num_steps = 0
         self.scheduler.load_state_dict(state["scheduler"])
+        self._loaded_checkpoint = True
         if same_world:
             _restore_rng_state(state["rng_state"])
         elif dist.is_initialized() and dist.get_rank() == 0:
