@@ -69,16 +69,22 @@ def time_refit(policy, generator, reps: int, device) -> dict:
 
 
 def time_sleep_refit(policy, generator, reps: int, device) -> dict:
-    """GPU production order: sleep (training would run here), refit into the sleeping engine, wake."""
+    """GPU production order, through the trainer's lifecycle: the engine sleeps after generating (training would run
+    here); timed: the refit (cache release, weights woken, copy) and waking the KV cache for the next generation."""
+    from nemo_igrpo.trainer.lifecycle import ColocatedLifecycle
+
+    lifecycle = ColocatedLifecycle(policy, generator)
     out = []
     for _ in range(reps):
-        generator.sleep()
+        lifecycle.begin_generation()
+        lifecycle.end_generation()
         _sync(device)
         t0 = time.perf_counter()
-        generator.update_weights(policy.export_hf_weights())
-        generator.wake()
+        lifecycle.refit()
+        lifecycle.begin_generation()
         _sync(device)
         out.append(time.perf_counter() - t0)
+        lifecycle.end_generation()
     return {"sleep_refit_wake_s": C.median(out)}
 
 

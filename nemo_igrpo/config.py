@@ -218,6 +218,9 @@ def validate(cfg: Config) -> None:
     _positive("policy.tensor_model_parallel_size", p.tensor_model_parallel_size)
     _positive("policy.pipeline_model_parallel_size", p.pipeline_model_parallel_size)
     _positive("policy.micro_batch_size", p.micro_batch_size)
+    _choice("policy.micro_batching", p.micro_batching, ["auto", "padded", "bucketed", "packed"])
+    _positive("policy.micro_batch_tokens", p.micro_batch_tokens, allow_zero=True)
+    _positive("policy.logprob_micro_batch_tokens", p.logprob_micro_batch_tokens, allow_zero=True)
     _positive("policy.optimizer.lr", p.optimizer.lr)
     if not 0 <= p.optimizer.min_lr_ratio <= 1:
         raise ConfigError(f"config key 'policy.optimizer.min_lr_ratio': must be in [0, 1], got {p.optimizer.min_lr_ratio}")
@@ -231,6 +234,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'generation.top_p': must be in (0, 1], got {g.top_p}")
     _positive("generation.max_new_tokens", g.max_new_tokens)
     _positive("generation.batch_size", g.batch_size)
+    _choice("generation.sleep_level", g.sleep_level, [1, 2])
+    _positive("generation.max_model_len", g.max_model_len, allow_zero=True)
     t = cfg.trainer
     for key in ("max_steps", "save_every", "keep_checkpoints", "validate_every", "num_validation_prompts"):
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)

@@ -1,6 +1,10 @@
 """The few collectives the trainer needs, over megatron-core's process groups (the only parallel state there is).
 
 Every function is a no-op shortcut in a single process and must be called by all ranks of the group it names.
+
+They are host-side: their tensors live on the CPU (metrics, counters, flags, pickled objects), so every group they use
+must have a CPU backend. ``initialize_parallel`` gives the default group one beside NCCL (``process_group_backend``),
+and megatron-core's groups inherit it; ``group_carries`` is the check.
 """
 
 from __future__ import annotations
@@ -15,6 +19,14 @@ T = TypeVar("T")
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def group_carries(group, device_type: str) -> bool:
+    """Whether ``group`` (None: the default group) has a backend for tensors on ``device_type``. An NCCL-only group
+    has none for ``"cpu"``; its backend config reads ``"cuda:nccl"`` where a usable one reads
+    ``"cpu:gloo,cuda:nccl"``."""
+    entries = str(dist.get_backend_config(group)).split(",")
+    return any(entry.split(":")[0].strip() == device_type for entry in entries if ":" in entry)
 
 
 def broadcast_from_model_parallel_source(obj: T) -> T:

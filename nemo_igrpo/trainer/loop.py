@@ -33,7 +33,10 @@ from nemo_igrpo.trainer.checkpoints import (CheckpointDirectory, OutputDirError,
                                             output_dir_refusal, read_trainer_state, remove_run_artifacts,
                                             step_dir_name)
 from nemo_igrpo.trainer.data import load_prompt_splits
+from nemo_igrpo.trainer.lifecycle import ColocatedLifecycle
+from nemo_igrpo.trainer.memory_plan import sequence_budget
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
+from nemo_igrpo.trainer.provenance import write_provenance
 from nemo_igrpo.trainer.rollout import RolloutWorker, StepRollouts
 from nemo_igrpo.trainer.stop_signals import StepAbandoned, StopSignals
 from nemo_igrpo.trainer.updates import run_updates, too_many_mini_batches, updates_per_step
@@ -116,6 +119,9 @@ class Trainer:
         self.worker: RolloutWorker | None = None
         if self.layout.is_mp_src or self.spmd_generation:
             self.worker = self._build_worker()
+        # The one owner of sleep/wake/refit and of the memory the policy and the generator share.
+        self.lifecycle = ColocatedLifecycle(self.policy, self.worker.generator if self.worker is not None else None,
+                                            offload_optimizer=cfg.policy.offload_optimizer_during_generation)
         self.step = 0
         self.consecutive_nonfinite = 0
 
@@ -125,7 +131,7 @@ class Trainer:
         from nemo_igrpo.rewards.reward_fn import RewardFunction
 
         cfg = self.cfg
-        generator = build_generator(cfg.generation, cfg.policy)
+        generator = build_generator(cfg.generation, cfg.policy, max_model_len=sequence_budget(cfg).max_model_len)
         sampling = SamplingParams(temperature=cfg.generation.temperature, top_p=cfg.generation.top_p,
                                   top_k=cfg.generation.top_k, max_new_tokens=cfg.generation.max_new_tokens)
         return RolloutWorker(generator, RewardFunction(cfg.reward), self.tokenizer, cfg.algorithm, sampling,
@@ -197,20 +203,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ the loop
     def refit(self) -> float:
-        """Copy the policy's weights into the generator. Every rank takes part in the gather."""
-        t0 = time.perf_counter()
-        named = self.policy.export_hf_weights()
-        if self.worker is not None:
-            self.worker.generator.update_weights(named)
-        else:
-            for _ in named:  # drive the collective gather on the ranks that do not generate
-                pass
-        return time.perf_counter() - t0
+        """Copy the policy's weights into the generator (through the lifecycle, the only place a refit happens).
+        Every rank takes part in the gather."""
+        return self.lifecycle.refit()
 
     def _rollouts(self) -> StepRollouts:
         dp_rank, dp_size = self.layout.dp_rank, self.layout.dp_size
         records = self.sampler.next_batch(self.cfg.data.prompts_per_step)[dp_rank::dp_size]
-        rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
+        with self.lifecycle.generation():  # the step's last generation ends here: the engine sleeps
+            rollouts = self.worker.run(records, self.step, shard=dp_rank) if self.worker is not None else None
         return rollouts if self.spmd_generation else collectives.broadcast_from_model_parallel_source(rollouts)
 
     def train_step(self) -> dict[str, float]:
@@ -225,7 +226,8 @@ class Trainer:
         input_ids, loss_mask, gen_logprobs = pack_sequences(rollouts.prompt_ids, rollouts.response_ids,
                                                             self.tokenizer.pad_token_id, rollouts.generator_logprobs)
         t0 = time.perf_counter()
-        old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True)
+        lengths = [len(p) + len(r) for p, r in zip(rollouts.prompt_ids, rollouts.response_ids)]
+        old_logprobs, entropy = self.policy.get_logprobs(input_ids, return_entropy=True, lengths=lengths)
         metrics["time/logprob"] = time.perf_counter() - t0
         # A silent refit failure (generator sampling from stale or wrong weights) shows up here first.
         metrics["refit/logprob_mismatch"] = masked_mean((old_logprobs - gen_logprobs).abs(), loss_mask)
@@ -236,7 +238,7 @@ class Trainer:
         ref_logprobs = None
         if self.loss_fn.needs_reference:
             t0 = time.perf_counter()
-            ref_logprobs = self.policy.get_reference_logprobs(input_ids)
+            ref_logprobs = self.policy.get_reference_logprobs(input_ids, lengths=lengths)
             metrics["time/ref_logprob"] = time.perf_counter() - t0
         batch = TrainBatch(input_ids=input_ids, loss_mask=loss_mask, advantages=advantages,
                            old_logprobs=old_logprobs, ref_logprobs=ref_logprobs, is_weights=correction.weights)
@@ -267,9 +269,10 @@ class Trainer:
         limit = self.cfg.trainer.num_validation_prompts or len(self.validation_records)
         records = self.validation_records[:limit][self.layout.dp_rank::self.layout.dp_size]
         correct = n = 0.0
-        if self.worker is not None and records:
-            seed = seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.VALIDATION, self.layout.dp_rank)
-            correct, n = self.worker.validate(records, self.cfg.trainer.validation_temperature, seed)
+        with self.lifecycle.generation():
+            if self.worker is not None and records:
+                seed = seeding.derive_seed(self.cfg.trainer.seed, self.step, seeding.VALIDATION, self.layout.dp_rank)
+                correct, n = self.worker.validate(records, self.cfg.trainer.validation_temperature, seed)
         if not self.layout.is_mp_src:
             correct = n = 0.0  # counted once per data-parallel shard
         correct, n = collectives.data_parallel_sum([correct, n])
@@ -292,6 +295,7 @@ class Trainer:
         if self.is_rank0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            write_provenance(self.output_dir)  # versions, git commit, dirty tree: one line per start
         logger = MetricsLogger(self.output_dir, enabled=self.is_rank0, tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                wandb_project=cfg.wandb_project, run_name=self.cfg.name, config=to_dict(self.cfg),
                                progress_bar=cfg.progress_bar, total_steps=self.total_steps, initial_step=self.step,
@@ -369,4 +373,5 @@ class Trainer:
     def close(self) -> None:
         from nemo_igrpo.backends.policy.parallel import destroy_parallel
 
-        destroy_parallel()
+        # The engine runs on the default process group: it shuts down after megatron's groups and before that one.
+        destroy_parallel(shutdown=[self.lifecycle.close])

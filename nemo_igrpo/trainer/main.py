@@ -9,14 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from nemo_igrpo.errors import env_int
-
-# Set by slurm/common.sh (the checkout's git commit, "-dirty" when it has local changes): which code a job ran.
-CODE_VERSION_ENV = "IGRPO_CODE_VERSION"
+from nemo_igrpo.trainer.provenance import CODE_VERSION_ENV, code_version  # noqa: F401 (re-exported)
 
 
 def _positive_int(text: str) -> int:
@@ -40,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="dry run: plan for this many nodes (default: the recipe's '# Layout:' comment, else 1)")
     p.add_argument("--gpus-per-node", type=_positive_int, default=None,
                    help="dry run: GPUs (ranks) per node (default: the recipe's '# Layout:' comment, else 1)")
+    p.add_argument("--gpu-memory-gib", type=float, default=80.0,
+                   help="dry run: memory of one GPU for the per-GPU memory plan (default: 80, an H100/A100 80GB)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=10")
     p.set_defaults(func=run)
 
@@ -72,21 +71,6 @@ def dry_run_world_size(args: argparse.Namespace) -> tuple[int, str]:
     return 1, "1 process (no '# Layout:' comment in the recipe; pass --nodes / --gpus-per-node)"
 
 
-def code_version() -> str:
-    """Which code runs: what the batch script recorded, else the git commit of this package's checkout."""
-    if os.environ.get(CODE_VERSION_ENV):
-        return os.environ[CODE_VERSION_ENV]
-    root = Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return sha + ("-dirty" if dirty else "")
-
-
 def run(args: argparse.Namespace) -> int:
     from nemo_igrpo.config import ConfigError, check_input_paths, load_config
 
@@ -103,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        plan = build_plan(cfg, world, layout_source=source)
+        plan = build_plan(cfg, world, layout_source=source, gpu_memory_gib=args.gpu_memory_gib)
         print(describe_plan(plan), end="")
         if plan.problems:
             print(f"error: {len(plan.problems)} problem(s), listed above under '# problems'", file=sys.stderr)

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from omegaconf import OmegaConf
 
 from nemo_igrpo.config import Config, ConfigError
+from nemo_igrpo.trainer.memory_plan import memory_section
 from nemo_igrpo.trainer.plan_training import training_section
 
 REDACTED = "<redacted>"
@@ -164,15 +165,18 @@ class Plan:
     checks: list[str] = dataclasses.field(default_factory=list)  # what was verified, one line each
     warnings: list[str] = dataclasses.field(default_factory=list)
     problems: list[Problem] = dataclasses.field(default_factory=list)
+    gpu_memory_gib: float = 80.0  # one GPU's memory, for the memory plan (igrpo train --gpu-memory-gib)
 
     def problem(self, where: str, what: str) -> None:
         self.problems.append(Problem(where, what))
 
 
-def build_plan(cfg: Config, world_size: int, *, layout_source: str = "", inspect: bool = True) -> Plan:
+def build_plan(cfg: Config, world_size: int, *, layout_source: str = "", inspect: bool = True,
+               gpu_memory_gib: float = 80.0) -> Plan:
     """The plan of ``cfg`` on ``world_size`` ranks. With ``inspect``, also open the model directory, the data files
     and the output directory; every problem found is in ``plan.problems`` (nothing raises for them)."""
-    plan = Plan(cfg=cfg, world_size=world_size, layout_source=layout_source or f"world size {world_size}")
+    plan = Plan(cfg=cfg, world_size=world_size, layout_source=layout_source or f"world size {world_size}",
+                gpu_memory_gib=gpu_memory_gib)
     try:
         plan.layout = parallel_layout(cfg, world_size)
     except ConfigError as err:
@@ -302,7 +306,7 @@ def problems_section(plan: Plan) -> list[str]:
 
 # The sections of describe_plan, in order. Append a function (Plan -> lines) to add one.
 PLAN_SECTIONS: list[Callable[[Plan], list[str]]] = [config_section, layout_section, budget_section, training_section,
-                                                     checks_section]
+                                                     memory_section, checks_section]
 # Always last: they collect what the sections above found.
 _CLOSING_SECTIONS = (warnings_section, problems_section)
 

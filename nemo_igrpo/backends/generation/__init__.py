@@ -7,8 +7,10 @@ from nemo_igrpo.backends.generation.interface import GenerationInterface
 from nemo_igrpo.backends.policy.config import PolicyConfig
 
 
-def build_generator(gen: GenerationConfig, policy: PolicyConfig) -> GenerationInterface:
-    """The generator starts from the same HF checkpoint as the policy; the trainer refits it before every rollout."""
+def build_generator(gen: GenerationConfig, policy: PolicyConfig, max_model_len: int | None = None
+                    ) -> GenerationInterface:
+    """The generator starts from the same HF checkpoint as the policy; the trainer refits it before every rollout.
+    ``max_model_len``: the run's longest prompt + completion (vLLM sizes its KV cache and checks prompts by it)."""
     if gen.backend == "hf":
         from nemo_igrpo.backends.generation.hf_generator import HFGenerator
 
@@ -27,5 +29,5 @@ def build_generator(gen: GenerationConfig, policy: PolicyConfig) -> GenerationIn
                                "(docs/vllm.md). Use generation.backend=hf otherwise.")
         from nemo_igrpo.backends.generation.vllm_generator import VLLMGenerator
 
-        return VLLMGenerator.from_config(gen, policy)
+        return VLLMGenerator.from_config(gen, policy, max_model_len=max_model_len)
     raise ValueError(f"config key 'generation.backend': unknown backend {gen.backend!r}; choose 'hf' or 'vllm'")

@@ -29,5 +29,14 @@ class GenerationConfig:
     # layouts). "load_weights": the model's plain load_weights into the live parameters (hybrid models have had bugs
     # in vLLM's layerwise reload). "auto" (default): load_weights for hybrid Mamba models, layerwise otherwise.
     vllm_refit: str = "auto"
-    # vLLM: free weights and KV cache while the policy trains (sleep mode), wake before generation.
+    # vLLM: free weights and KV cache while the policy computes log-probs and trains (sleep mode); the trainer's
+    # lifecycle wakes the engine before refit and generation (docs/vllm.md).
     enable_sleep_mode: bool = True
+    # vLLM sleep level. 1: weights offloaded to host memory and copied back on wake (the refit then overwrites them);
+    # 2: weights discarded, no host copy and no transfer, and the lifecycle refits before any generation that follows
+    # a sleep. Level 2 saves a weights-sized host buffer per GPU and two copies per step.
+    sleep_level: int = 1
+    # vLLM: longest prompt + completion, in tokens. 0 derives it from the run's sequence budget: data.max_prompt_tokens
+    # + (iGRPO) algorithm.refinement.max_draft_tokens and the Stage-2 template + generation.max_new_tokens
+    # (`igrpo train --dry-run` prints it). A prompt that would not leave room for max_new_tokens is an error.
+    max_model_len: int = 0

@@ -1,5 +1,10 @@
-"""What the trainer may ask of a rollout generator: ``generate`` and ``update_weights``. Hugging Face transformers on
-CPU, vLLM on GPU; the trainer cannot tell which one it has."""
+"""What the trainer may ask of a rollout generator: ``generate`` and ``update_weights``, and the memory calls the
+trainer's lifecycle owns (``sleep``, ``wake``, ``close``). Hugging Face transformers on CPU, vLLM on GPU; the trainer
+cannot tell which one it has.
+
+Only ``nemo_igrpo.trainer.lifecycle`` calls ``sleep``/``wake``/``update_weights`` during training: a generator does
+not wake itself, so a call out of order fails loudly instead of silently allocating memory the policy needs.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +42,19 @@ class GenerationInterface(abc.ABC):
         """Copy weights given under Hugging Face names into the engine, in place."""
 
     def sleep(self) -> None:
-        """Release memory while the policy trains (vLLM sleep mode). No-op where nothing can be freed."""
+        """Release memory while the policy computes (vLLM sleep mode: KV cache freed, weights offloaded or, see
+        ``sleep_discards_weights``, discarded). No-op where nothing can be freed."""
 
-    def wake(self) -> None:
-        """Undo sleep() before the next generate()."""
+    def wake(self, kv_cache: bool = True) -> None:
+        """Undo ``sleep()``: the weights' memory (contents as ``sleep_discards_weights`` says) and, unless
+        ``kv_cache=False``, the KV cache. The lifecycle wakes the weights alone before a refit, the KV cache before
+        generating. No-op when awake."""
+
+    @property
+    def sleep_discards_weights(self) -> bool:
+        """True when ``sleep()`` drops the weights' contents (vLLM level 2): a refit must come before the next
+        ``generate()``."""
+        return False
+
+    def close(self) -> None:
+        """Shut the engine down. Call before the process groups it uses are destroyed."""

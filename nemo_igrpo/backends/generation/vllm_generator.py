@@ -5,14 +5,25 @@ How it fits the trainer (details and measured numbers in docs/vllm.md):
 * **In process.** ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` keeps vLLM's engine core and its one worker in this Python
   process, so the model object is reachable and ``update_weights`` copies tensors into it in place, with no RPC and
   no serialisation.
-* **SPMD on GPU.** With ``torch.distributed`` initialised (the trainer's ``initialize_parallel``), the engine uses
+* **SPMD.** With ``torch.distributed`` initialised (the trainer's ``initialize_parallel``), the engine uses
   ``distributed_executor_backend="external_launcher"``: every trainer rank builds one engine, the ranks of one
   tensor-parallel group form one vLLM TP group (vLLM TP = policy TP, consecutive ranks as in Megatron), and they must
   all be given the same prompts and seeds: scheduling is deterministic, so they produce identical outputs without
-  talking to each other. Different TP groups are independent replicas (data parallel over prompts).
-* **Sleep mode (GPU).** ``sleep()`` frees the KV cache and offloads (level 1) or discards (level 2) the weights while
-  the policy trains; ``update_weights`` wakes only the weights, ``wake()``/``generate()`` the rest. vLLM has no
-  sleep mode on CPU, where both are no-ops.
+  talking to each other. Different TP groups are independent replicas (data parallel over prompts). The launcher
+  reads ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``, which a lone process (no torchrun, no srun) does not have: they are
+  set from the process group for the engine's construction only and restored afterwards, so nothing (and no port)
+  leaks into child processes.
+* **Memory lifecycle.** The trainer's lifecycle (``nemo_igrpo/trainer/lifecycle.py``) is the only caller of
+  ``sleep``/``wake``/``update_weights`` during training. ``sleep()`` frees the KV cache and offloads (level 1) or
+  discards (level 2) the weights; ``wake(kv_cache=False)`` restores the weights alone before a refit, ``wake()``
+  the rest before generating. The generator never wakes itself: ``generate`` on a sleeping engine and
+  ``update_weights`` into sleeping weights raise. vLLM has no sleep mode on CPU, where sleep and wake are no-ops.
+* **Length.** ``max_model_len`` comes from the run's sequence budget (prompt + Stage-2 draft + completion,
+  ``trainer/memory_plan.py``); a prompt that would not leave room for ``max_new_tokens`` is an error, not a silently
+  shortened completion.
+* **Shutdown.** ``close()`` shuts the engine down, which also tears down vLLM's process groups and the default one it
+  runs on: call it after megatron's groups are gone and before the default group would be destroyed
+  (``destroy_parallel(shutdown=[...])`` does it in that order).
 * **Refit.** ``update_weights`` takes ``(hf_name, tensor)`` pairs (``MegatronPolicy.export_hf_weights()``), groups
   them into buckets of at most ``refit_bucket_bytes`` (converted to the engine's dtype and device; Mamba's A_log and
   D stay float32) and hands each bucket to the model's own ``load_weights`` (q/k/v and gate/up land in the packed
@@ -28,6 +39,7 @@ How it fits the trainer (details and measured numbers in docs/vllm.md):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -108,6 +120,34 @@ def _require_in_process() -> None:
             f"VLLM_ENABLE_V1_MULTIPROCESSING={value!r}: the vLLM generator needs the engine in this process "
             "(in-place weight refit); unset it or set it to 0"
         )
+
+
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def launcher_environment():
+    """``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` as vLLM's external launcher reads them, for the duration of the block.
+
+    torchrun and srun (through ``initialize_parallel``) set them; a lone process does not, and vLLM would raise
+    ``KeyError: 'RANK'``. Missing ones are filled from the initialised process group (local rank: the current CUDA
+    device, else 0) and removed again on exit, so that child processes never see them. No MASTER_ADDR/MASTER_PORT:
+    the process group already exists, vLLM joins it instead of opening a rendezvous (a port exported here once leaked
+    into child processes, which then collided on it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    local = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    values = {"RANK": dist.get_rank(), "LOCAL_RANK": local, "WORLD_SIZE": dist.get_world_size()}
+    added = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
+    os.environ.update({name: str(values[name]) for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _iter_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, dtype: torch.dtype,
@@ -234,12 +274,13 @@ class VLLMGenerator(GenerationInterface):
         )
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        if dist.is_available() and dist.is_initialized():
+            # One engine per trainer rank (SPMD), on the trainer's process group; a TP group's ranks compute the same
+            # outputs in lockstep.
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if on_gpu:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                           enable_sleep_mode=enable_sleep_mode)
-            if dist.is_available() and dist.is_initialized():
-                # One engine per trainer rank (SPMD); a TP group's ranks compute the same outputs in lockstep.
-                kwargs["distributed_executor_backend"] = "external_launcher"
         else:
             if tensor_parallel_size != 1:
                 raise ValueError("the vLLM CPU engine runs with tensor_parallel_size=1 here (one process, 2 cores)")
@@ -264,17 +305,21 @@ class VLLMGenerator(GenerationInterface):
         from vllm import LLM
 
         mode = resolve_refit_mode(refit_mode, model_path)
-        return cls(LLM(**cls.engine_kwargs(model_path, **engine_kwargs)), sleep_level=sleep_level,
-                   refit_bucket_bytes=refit_bucket_bytes, refit_mode=mode)
+        with launcher_environment():
+            llm = LLM(**cls.engine_kwargs(model_path, **engine_kwargs))
+        return cls(llm, sleep_level=sleep_level, refit_bucket_bytes=refit_bucket_bytes, refit_mode=mode)
 
     @classmethod
-    def from_config(cls, gen, policy) -> "VLLMGenerator":
-        """The trainer's entry point: ``gen`` is a ``GenerationConfig``, ``policy`` a ``PolicyConfig``. The engine
-        starts from the policy's HF checkpoint (same weights as the Megatron model before the first refit)."""
+    def from_config(cls, gen, policy, max_model_len: int | None = None) -> "VLLMGenerator":
+        """The trainer's entry point: ``gen`` is a ``GenerationConfig``, ``policy`` a ``PolicyConfig``,
+        ``max_model_len`` the run's longest sequence (``memory_plan.sequence_budget``). The engine starts from the
+        policy's HF checkpoint (same weights as the Megatron model before the first refit)."""
         if not policy.model_path:
             raise ValueError("config key 'policy.model_path' is empty: the vLLM engine needs an HF model directory")
         return cls.from_pretrained(
             policy.model_path,
+            sleep_level=gen.sleep_level,
+            max_model_len=max_model_len,
             tokenizer_path=policy.tokenizer_path,
             precision=policy.precision,
             tensor_parallel_size=policy.tensor_model_parallel_size,
@@ -316,12 +361,22 @@ class VLLMGenerator(GenerationInterface):
         if sampling.max_new_tokens <= 0 or n == 0:
             return GenerationOutput(token_ids=[[] for _ in range(n)], logprobs=[[] for _ in range(n)],
                                     finish_reasons=["length"] * n)
+        if self._asleep:
+            raise RuntimeError("VLLMGenerator.generate: the engine is asleep; the trainer's lifecycle wakes it before "
+                               "generating (nemo_igrpo/trainer/lifecycle.py)")
+        limit = self.max_model_len
+        longest = max(len(p) for p in prompt_ids)
+        if longest + sampling.max_new_tokens > limit:
+            raise ValueError(
+                f"a prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the engine's "
+                f"max_model_len={limit}: vLLM would shorten the completion silently. Raise generation.max_model_len "
+                "(0 derives it from data.max_prompt_tokens, algorithm.refinement.max_draft_tokens and "
+                "generation.max_new_tokens) or lower those")
         if sampling.temperature > 0 and (sampling.top_p < 1.0 or (sampling.top_k or -1) > 0) \
                 and not self._warned_nucleus:
             warnings.warn("vLLM returns log-probs renormalised over the top-p/top-k set; they equal the policy's "
                           "log_softmax(logits / T) only with top_p=1 and top_k=-1", stacklevel=2)
             self._warned_nucleus = True
-        self.wake()
         prompts = [TokensPrompt(prompt_token_ids=[int(t) for t in p]) for p in prompt_ids]
         params = [self._sampling_params(sampling, i) for i in range(n)]
         results = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
@@ -341,30 +396,42 @@ class VLLMGenerator(GenerationInterface):
 
     # -- memory -----------------------------------------------------------------------------------------------------
 
+    @property
+    def max_model_len(self) -> int:
+        """The longest prompt + completion the engine accepts."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def sleep_discards_weights(self) -> bool:
+        return self.sleep_enabled and self.sleep_level == 2
+
     def sleep(self) -> None:
         """Free the KV cache and the weights' GPU memory (``sleep_level`` 1: weights offloaded to CPU; 2: discarded,
-        a refit must follow). Also drops the prefix cache. No-op without sleep mode (CPU)."""
+        a refit must follow). Also drops the prefix cache. No-op without sleep mode (CPU) or when asleep."""
         if not self.sleep_enabled or self._asleep:
             return
         self.llm.sleep(level=self.sleep_level)
         self._asleep, self._weights_awake = True, False
 
-    def _wake_weights(self) -> None:
-        if self._asleep and not self._weights_awake:
-            self.llm.wake_up(tags=["weights"])
-            self._weights_awake = True
-
-    def wake(self) -> None:
-        """Restore what ``sleep()`` freed; ``generate()`` calls it itself."""
+    def wake(self, kv_cache: bool = True) -> None:
+        """Restore what ``sleep()`` freed: the weights, and the KV cache unless ``kv_cache=False`` (before a refit:
+        the copy then lands in GPU memory without the KV cache competing for it)."""
         if not self._asleep:
             return
         if not self._weights_awake:
-            if self.sleep_level == 2:
-                warnings.warn("waking a level-2 sleep without a refit: the engine's weights are undefined",
-                              stacklevel=2)
             self.llm.wake_up(tags=["weights"])
-        self.llm.wake_up(tags=["kv_cache"])
-        self._asleep, self._weights_awake = False, True
+            self._weights_awake = True
+        if kv_cache:
+            self.llm.wake_up(tags=["kv_cache"])
+            self._asleep = False
+
+    def close(self) -> None:
+        """Shut the engine down (its worker, scheduler, and the process groups vLLM created, including the default
+        group it ran on). Idempotent."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
 
     # -- refit ------------------------------------------------------------------------------------------------------
 
@@ -381,11 +448,13 @@ class VLLMGenerator(GenerationInterface):
 
         Peak extra memory: one bucket of converted copies (at most ``refit_bucket_bytes``, or one tensor if larger),
         plus what the producer holds. Tensors may alias the producer's parameters (Megatron TP=1 export): they are
-        copied into the engine before the call returns. On a sleeping engine only the weights are woken. With SPMD
+        copied into the engine before the call returns. The weights must be awake (``wake(kv_cache=False)``). With SPMD
         engines every rank must call this with the same tensors (``export_hf_weights`` is a collective anyway).
         """
         t0 = time.perf_counter()
-        self._wake_weights()
+        if not self._weights_awake:
+            raise RuntimeError("VLLMGenerator.update_weights: the weights are asleep; the trainer's lifecycle wakes "
+                               "them (wake(kv_cache=False)) before a refit")
         dtype, device = self._model_dtype_device()
         buckets = 0
         layerwise = self.refit_mode == "layerwise"

@@ -257,3 +257,81 @@ def _nemotron_h_rules(cfg: Any, tp: int, pp: int) -> list[str]:
 def is_hybrid(cfg: Any) -> bool:
     """Whether ``cfg`` (config.json dict or transformers config) is a hybrid Mamba model (Nemotron-H)."""
     return field(cfg, "model_type") in HYBRID_MODEL_TYPES
+
+
+# --- parameter tensors (the memory plan's model) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParameterTensor:
+    """One parameter tensor as Hugging Face names it, and how megatron-core lays it out: ``layer`` (None: the
+    embedding, on the first pipeline stage, or the final norm / output layer, on the last), ``tp_split`` (divided
+    across tensor-parallel ranks; norms over the hidden size are replicated)."""
+
+    name: str
+    numel: int
+    layer: int | None
+    tp_split: bool
+
+
+def _attention_tensors(prefix: str, layer: int, cfg: Any, bias: bool) -> list[ParameterTensor]:
+    h = int(field(cfg, "hidden_size"))
+    heads, kv = num_heads(cfg)
+    hd = int(field(cfg, "head_dim", h // heads))
+    out = [ParameterTensor(f"{prefix}.q_proj.weight", h * heads * hd, layer, True),
+           ParameterTensor(f"{prefix}.k_proj.weight", h * kv * hd, layer, True),
+           ParameterTensor(f"{prefix}.v_proj.weight", h * kv * hd, layer, True),
+           ParameterTensor(f"{prefix}.o_proj.weight", heads * hd * h, layer, True)]
+    if bias:
+        out += [ParameterTensor(f"{prefix}.{n}_proj.bias", width * hd, layer, True)
+                for n, width in (("q", heads), ("k", kv), ("v", kv))]
+    return out
+
+
+def parameter_tensors(cfg: Any) -> list[ParameterTensor]:
+    """Every parameter of the model in ``cfg`` (config.json dict or transformers config); the counts equal Hugging
+    Face's. For the GPT family and Nemotron-H."""
+    mt = field(cfg, "model_type")
+    h, v = int(field(cfg, "hidden_size")), int(field(cfg, "vocab_size"))
+    ffn = int(field(cfg, "intermediate_size", 0))
+    out: list[ParameterTensor] = []
+    if mt in GPT_MODEL_TYPES:
+        out.append(ParameterTensor("model.embed_tokens.weight", v * h, None, True))
+        for i in range(int(field(cfg, "num_hidden_layers"))):
+            p = f"model.layers.{i}"
+            out.append(ParameterTensor(f"{p}.input_layernorm.weight", h, i, False))
+            out += _attention_tensors(f"{p}.self_attn", i, cfg, qkv_bias(cfg))
+            out.append(ParameterTensor(f"{p}.post_attention_layernorm.weight", h, i, False))
+            out += [ParameterTensor(f"{p}.mlp.{n}_proj.weight", h * ffn, i, True) for n in ("gate", "up", "down")]
+        final_norm = "model.norm.weight"
+    elif mt in HYBRID_MODEL_TYPES:
+        d = mamba_dims(cfg)
+        conv = d["d_inner"] + 2 * d["ngroups"] * d["d_state"]
+        out.append(ParameterTensor("model.embeddings.weight", v * h, None, True))
+        for i, kind in enumerate(layer_pattern(cfg)):
+            p = f"model.layers.{i}"
+            out.append(ParameterTensor(f"{p}.norm.weight", h, i, False))
+            if kind == MAMBA:
+                out += [ParameterTensor(f"{p}.mixer.in_proj.weight", h * (2 * d["d_inner"] + 2 * d["ngroups"] *
+                                                                              d["d_state"] + d["nheads"]), i, True),
+                        ParameterTensor(f"{p}.mixer.conv1d.weight", conv * d["d_conv"], i, True),
+                        ParameterTensor(f"{p}.mixer.conv1d.bias", conv, i, True)]
+                out += [ParameterTensor(f"{p}.mixer.{n}", d["nheads"], i, True) for n in ("dt_bias", "A_log", "D")]
+                # The gated norm runs over the inner dimension, which TP splits.
+                out += [ParameterTensor(f"{p}.mixer.norm.weight", d["d_inner"], i, True),
+                        ParameterTensor(f"{p}.mixer.out_proj.weight", d["d_inner"] * h, i, True)]
+            elif kind == ATTENTION:
+                out += _attention_tensors(f"{p}.mixer", i, cfg, bias=False)
+            elif kind == MLP:
+                out += [ParameterTensor(f"{p}.mixer.up_proj.weight", h * ffn, i, True),
+                        ParameterTensor(f"{p}.mixer.down_proj.weight", ffn * h, i, True)]
+            else:
+                raise ArchitectureError(f"hybrid_override_pattern: no parameter model for layer kind {kind!r}")
+        final_norm = "model.norm_f.weight"
+    else:
+        known = sorted(GPT_MODEL_TYPES + HYBRID_MODEL_TYPES)
+        raise ArchitectureError(f"model_type={mt!r}: no parameter model (known: {known})")
+    out.append(ParameterTensor(final_norm, h, None, False))
+    if not field(cfg, "tie_word_embeddings", False):
+        out.append(ParameterTensor("lm_head.weight", v * h, None, True))
+    return out

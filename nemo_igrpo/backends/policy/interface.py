@@ -40,15 +40,24 @@ class LossFn(Protocol):
 
 class PolicyInterface(abc.ABC):
     @abc.abstractmethod
-    def get_logprobs(self, input_ids: torch.Tensor, return_entropy: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def get_logprobs(self, input_ids: torch.Tensor, return_entropy: bool = False,
+                     lengths: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs [S, L] aligned with ``input_ids`` (see nemo_igrpo.batch), computed at the sampling
-        temperature; optionally the per-token entropy [S, L]. Same result on every rank."""
+        temperature; optionally the per-token entropy [S, L]. ``lengths``: the real tokens of each row (None: all);
+        positions past them are 0. Same result on every rank."""
 
     @abc.abstractmethod
     def train(self, batch: TrainBatch, loss_fn: LossFn) -> dict[str, float]:
         """One optimizer step over ``batch`` (this data-parallel rank's share), micro-batched inside.
         Returns metrics averaged over the whole step (all ranks): loss, grad_norm, lr, and the loss's metrics."""
+
+    def offload_optimizer_state(self) -> None:
+        """Move the optimizer state (fp32 master weights, Adam moments) to host memory while a colocated generator
+        runs; ``reload_optimizer_state`` brings it back before the next step. Only the trainer's lifecycle calls it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot offload its optimizer state")
+
+    def reload_optimizer_state(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot offload its optimizer state")
 
     @abc.abstractmethod
     def keep_reference(self, offload: bool = False) -> None:
@@ -59,7 +68,8 @@ class PolicyInterface(abc.ABC):
         the copy in CPU memory between uses. Collective."""
 
     @abc.abstractmethod
-    def get_reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def get_reference_logprobs(self, input_ids: torch.Tensor,
+                               lengths: torch.Tensor | list[int] | None = None) -> torch.Tensor:
         """``get_logprobs`` under the reference weights kept by ``keep_reference``. The policy's own weights are
         unchanged afterwards."""
 

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from nemo_igrpo.backends.policy.config import PolicyConfig
 from nemo_igrpo.backends.policy.interface import LossFn, PolicyInterface
+from nemo_igrpo.backends.policy.micro_batches import MicroBatch, plan_micro_batches
 from nemo_igrpo.batch import LossNormalizer, TrainBatch
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class MegatronPolicy(PolicyInterface):
         self.device = torch.device(layout.device)
         self.on_gpu = self.device.type == "cuda"
         self.dtype = resolve_dtype(cfg.precision, self.device)
+        log.info("micro-batches: %s (policy.micro_batching=%s)", self.micro_batch_layout, cfg.micro_batching)
 
         self.use_distributed_optimizer = bool(cfg.optimizer.use_distributed_optimizer)
         if self.use_distributed_optimizer and not self.on_gpu:
@@ -231,11 +233,64 @@ class MegatronPolicy(PolicyInterface):
 
         return parallel_state.get_data_parallel_group()
 
-    def _micro_batches(self, num_rows: int, size: int) -> list[slice]:
-        size = max(1, size)
-        return [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
+    @property
+    def micro_batch_layout(self) -> str:
+        """``policy.micro_batching`` resolved: ``auto`` packs where the attention kernel skips other sequences'
+        tokens (Transformer Engine's THD layout), and buckets by length otherwise (a block-diagonal mask would
+        compute, then discard, attention across the sequences of a row). Hybrid Mamba models never pack: a Mamba
+        layer's state runs along the whole row, through every sequence in it."""
+        layout = self.cfg.micro_batching
+        if layout == "auto":
+            return "packed" if self._thd and not self.hybrid else "bucketed"
+        if layout == "packed" and self.hybrid:
+            raise ValueError("config key 'policy.micro_batching': 'packed' is not supported for hybrid Mamba models "
+                             "(Nemotron-H): the recurrent state would flow from one sequence of a row into the next; "
+                             "use 'bucketed' or 'auto'")
+        return layout
 
-    def _run(self, forward_step, data: list[Any], seq_length: int, forward_only: bool) -> list[Any]:
+    @property
+    def hybrid(self) -> bool:
+        from nemo_igrpo.backends.policy.architecture import is_hybrid
+
+        return is_hybrid(self.hf_config)
+
+    @property
+    def _thd(self) -> bool:
+        from nemo_igrpo.backends.policy.model import use_transformer_engine
+
+        return use_transformer_engine()
+
+    def _plan(self, lengths: list[int], width: int, rows: int, token_budget: int) -> list[MicroBatch]:
+        """Micro-batches of a call (``micro_batches.plan_micro_batches``); the token budget defaults to ``rows`` x the
+        longest sequence, the memory one padded micro-batch needed. Every rank of a model-parallel group plans the same
+        (same lengths, deterministic order)."""
+        longest = max(lengths)
+        budget = token_budget or max(1, rows) * longest
+        thd = self._thd and self.micro_batch_layout == "packed"
+        return plan_micro_batches(lengths, self.micro_batch_layout, rows_per_micro_batch=rows, token_budget=budget,
+                                  row_capacity=budget if thd else longest, width=width, one_row=thd)
+
+    def _model_input(self, mb: MicroBatch, ids: torch.Tensor) -> dict[str, Any]:
+        """The forward's inputs for one micro-batch. Attention never crosses sequences: causal attention hides right
+        padding; packed rows get a block-diagonal causal mask, or under Transformer Engine the THD layout with
+        ``cu_seqlens``. On GPU an unpacked micro-batch passes no mask (the fused causal kernels). On CPU the mask is
+        always explicit: megatron's default one is built with device="cuda", and activation recompute builds it again
+        inside autograd's backward, where only the shims' backward interception would keep the device rewrite
+        alive."""
+        out: dict[str, Any] = {"input_ids": mb.gather_tokens(ids), "position_ids": mb.position_ids(self.device),
+                               "attention_mask": None, "packed_seq_params": None, "layout": mb}
+        if mb.packed and self._thd:
+            from megatron.core.packed_seq_params import PackedSeqParams
+
+            cu = mb.cu_seqlens(self.device)
+            longest = max(s.length for s in mb.segments)
+            out["packed_seq_params"] = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                                                       max_seqlen_q=longest, max_seqlen_kv=longest)
+        elif mb.packed or not self.on_gpu:
+            out["attention_mask"] = mb.attention_mask(self.device)
+        return out
+
+    def _run(self, forward_step, data: list[Any], forward_only: bool) -> list[Any]:
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         return get_forward_backward_func()(
@@ -243,58 +298,56 @@ class MegatronPolicy(PolicyInterface):
             data_iterator=iter(data) if len(self.model) == 1 else [iter(data) for _ in self.model],
             model=self.model if len(self.model) > 1 else self.model[0],
             num_microbatches=len(data),
-            seq_length=seq_length,
+            seq_length=max(d["input_ids"].shape[1] for d in data),
             micro_batch_size=max(d["input_ids"].shape[0] for d in data),
             forward_only=forward_only,
         )
 
-    def _forward(self, model, input_ids: torch.Tensor) -> torch.Tensor:
-        b, s = input_ids.shape
-        position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
-        # Causal attention only: right padding is invisible to real tokens. On GPU, None selects the fused causal
-        # kernels. On CPU the mask is explicit: megatron's default one is built with device="cuda", and activation
-        # recompute builds it again inside autograd's backward, where only the shims' backward interception would
-        # keep the device rewrite alive.
-        mask = None
-        if not self.on_gpu:
-            mask = torch.triu(torch.ones(s, s, dtype=torch.bool, device=input_ids.device), diagonal=1)[None, None]
-        return model(input_ids, position_ids, mask)
+    def _forward(self, model, inputs: dict[str, Any]) -> torch.Tensor:
+        return model(inputs["input_ids"], inputs["position_ids"], inputs["attention_mask"],
+                     packed_seq_params=inputs["packed_seq_params"])
 
     # -------------------------------------------------------------------------------------------------- log-probs
     @torch.no_grad()
-    def get_logprobs(self, input_ids: torch.Tensor, return_entropy: bool = False
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def get_logprobs(self, input_ids: torch.Tensor, return_entropy: bool = False,
+                     lengths: torch.Tensor | list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-token log-probs [S, L] (float32, CPU) at the sampling temperature, aligned with ``input_ids``;
-        optionally the entropy [S, L]. Collective; identical on every rank of the model-parallel group."""
+        optionally the entropy [S, L]. ``lengths``: real tokens of each row (None: all L); positions past a row's
+        length are not computed and are 0. Micro-batched by ``policy.micro_batching`` and
+        ``policy.logprob_micro_batch_tokens``. Collective; identical on every rank of the model-parallel group."""
         from nemo_igrpo.backends.policy.logprobs import token_entropy, token_logprobs
 
         for m in self.model:
             m.eval()
         s, l = input_ids.shape
         ids = input_ids.to(self.device, dtype=torch.long)
-        mbs = self.cfg.logprob_micro_batch_size or self.cfg.micro_batch_size
-        data = [{"input_ids": ids[sl]} for sl in self._micro_batches(s, mbs)]
+        rows = self.cfg.logprob_micro_batch_size or self.cfg.micro_batch_size
+        row_lengths = [l] * s if lengths is None else [max(1, min(int(n), l)) for n in lengths]
+        plan = self._plan(row_lengths, l, rows, self.cfg.logprob_micro_batch_tokens) if s > 0 else []
+        data = [self._model_input(mb, ids) for mb in plan]
         temperature = self.temperature
 
         def loss_func(mb, logits):
-            lp = token_logprobs(logits, mb["input_ids"], temperature).float()
-            out = {"logprobs": lp}
+            layout = mb["layout"]
+            out = {"logprobs": layout.unpack(token_logprobs(logits, mb["input_ids"], temperature).float())}
             if return_entropy:
-                out["entropy"] = token_entropy(logits, temperature).float()
+                out["entropy"] = layout.unpack(token_entropy(logits, temperature).float())
             # The schedule wants a scalar "loss"; in forward-only mode it is discarded.
             return logits.new_zeros(()), out
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)
-            return self._forward(model, mb["input_ids"]), partial(loss_func, mb)
+            return self._forward(model, mb), partial(loss_func, mb)
 
-        outs = self._run(forward_step, data, seq_length=l, forward_only=True) if s > 0 else []
+        outs = self._run(forward_step, data, forward_only=True) if s > 0 else []
         lp = torch.zeros(s, l, dtype=torch.float32, device=self.device)
         ent = torch.zeros(s, l, dtype=torch.float32, device=self.device) if return_entropy else None
         if self.layout.is_last_stage and s > 0:
-            lp.copy_(torch.cat([o["logprobs"] for o in outs]))
-            if ent is not None:
-                ent.copy_(torch.cat([o["entropy"] for o in outs]))
+            for mb, o in zip(plan, outs):
+                rows_of = mb.indices.to(self.device)
+                lp[rows_of, :mb.seq_width] = o["logprobs"]
+                if ent is not None:
+                    ent[rows_of, :mb.seq_width] = o["entropy"]
         if self.layout.pp_size > 1:
             dist.broadcast(lp, src=self._pp_last_rank(), group=self._pp_group())
             if ent is not None:
@@ -322,18 +375,20 @@ class MegatronPolicy(PolicyInterface):
         log.info("reference policy kept (%.1f MiB on this rank, %s)", self._reference.num_bytes / 2**20,
                  "CPU memory" if offload else str(self.device))
 
-    def get_reference_logprobs(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def get_reference_logprobs(self, input_ids: torch.Tensor,
+                               lengths: torch.Tensor | list[int] | None = None) -> torch.Tensor:
         """``get_logprobs`` with the reference weights swapped in; the policy's weights are restored bit for bit.
         Collective, like ``get_logprobs``."""
         if self._reference is None:
             raise RuntimeError("get_reference_logprobs: no reference policy; call keep_reference() first")
         with self._reference.swapped_in():
-            logprobs, _ = self.get_logprobs(input_ids)
+            logprobs, _ = self.get_logprobs(input_ids, lengths=lengths)
         return logprobs
 
     # --------------------------------------------------------------------------------------------------- training
     def train(self, batch: TrainBatch, loss_fn: LossFn) -> dict[str, float]:
-        """One optimizer step over this DP rank's ``batch``, micro-batched by ``cfg.micro_batch_size``. Collective.
+        """One optimizer step over this DP rank's ``batch``, micro-batched by ``policy.micro_batching`` and
+        ``policy.micro_batch_tokens`` (``micro_batches.py``). Collective.
 
         Returns (same on every rank): ``loss`` (the step loss, summed over micro-batches and DP ranks), the loss
         function's metrics token-weighted over the step and DP, ``num_tokens`` (total), ``grad_norm`` (before
@@ -349,23 +404,30 @@ class MegatronPolicy(PolicyInterface):
         if s == 0:
             # An empty rank would skip the schedule and with it the gradient all-reduce the others wait in.
             raise ValueError("MegatronPolicy.train: this data-parallel rank got an empty batch; every rank needs rows")
-        slices = self._micro_batches(s, self.cfg.micro_batch_size)
         counts = torch.tensor([float(s), float(batch.loss_mask.sum())], dtype=torch.float64, device=self.device)
         if self.layout.dp_size > 1:
             dist.all_reduce(counts, group=self._dp_group())
         normalizer = LossNormalizer(num_sequences=int(counts[0].item()), num_tokens=int(counts[1].item()))
 
+        ids = batch.input_ids.to(self.device, dtype=torch.long)
+        # A row ends at its last loss token: later tokens (padding) cannot change an earlier token's log-prob under
+        # causal attention. A row without loss tokens keeps one token (it still counts in the normalizer).
+        positions = torch.arange(1, l + 1, dtype=torch.float32)
+        row_lengths = [max(1, int(n)) for n in (batch.loss_mask.cpu() > 0).float().mul(positions).amax(dim=1)]
+        plan = self._plan(row_lengths, l, self.cfg.micro_batch_size, self.cfg.micro_batch_tokens)
+
+        def per_sequence(mb: MicroBatch, t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else mb.select(t).to(self.device, dtype=torch.float32)
+
         data = []
-        for sl in slices:
-            mb = batch.select(sl)
+        for mb in plan:
             data.append({
-                "input_ids": mb.input_ids.to(self.device, dtype=torch.long),
-                "loss_mask": mb.loss_mask.to(self.device, dtype=torch.float32),
-                "advantages": mb.advantages.to(self.device, dtype=torch.float32),
-                "old_logprobs": mb.old_logprobs.to(self.device, dtype=torch.float32),
-                "ref_logprobs": (None if mb.ref_logprobs is None
-                                 else mb.ref_logprobs.to(self.device, dtype=torch.float32)),
-                "is_weights": (None if mb.is_weights is None else mb.is_weights.to(self.device, dtype=torch.float32)),
+                **self._model_input(mb, ids),
+                "loss_mask": per_sequence(mb, batch.loss_mask),
+                "advantages": batch.advantages[mb.indices].to(self.device, dtype=torch.float32),
+                "old_logprobs": per_sequence(mb, batch.old_logprobs),
+                "ref_logprobs": per_sequence(mb, batch.ref_logprobs),
+                "is_weights": per_sequence(mb, batch.is_weights),
             })
         # Megatron divides each micro-batch loss by the number of micro-batches and DDP averages gradients over DP.
         scale = float(len(data) * self.layout.dp_size)
@@ -374,9 +436,9 @@ class MegatronPolicy(PolicyInterface):
 
         def forward_step(data_iterator, model):
             mb = next(data_iterator)
-            return self._forward(model, mb["input_ids"]), partial(loss_func, mb)
+            return self._forward(model, mb), partial(loss_func, mb)
 
-        outs = self._run(forward_step, data, seq_length=l, forward_only=False)
+        outs = self._run(forward_step, data, forward_only=False)
         metrics = self._reduce_train_metrics(outs)
 
         grad_norm = self._grad_norm()
@@ -401,8 +463,10 @@ class MegatronPolicy(PolicyInterface):
                          temperature: float):
         from nemo_igrpo.backends.policy.logprobs import token_entropy, token_logprobs
 
-        logprobs = token_logprobs(logits, mb["input_ids"], temperature)
-        entropy = token_entropy(logits, temperature) if loss_fn.needs_entropy else None
+        # Per sequence ([n, width], as the loss expects), whatever the micro-batch's rows hold.
+        layout = mb["layout"]
+        logprobs = layout.unpack(token_logprobs(logits, mb["input_ids"], temperature))
+        entropy = layout.unpack(token_entropy(logits, temperature)) if loss_fn.needs_entropy else None
         loss, metrics = loss_fn(logprobs, mb["old_logprobs"], mb["advantages"], mb["loss_mask"],
                                 normalizer=normalizer, ref_logprobs=mb["ref_logprobs"], entropy=entropy,
                                 is_weights=mb["is_weights"])
@@ -499,6 +563,48 @@ class MegatronPolicy(PolicyInterface):
                 for p in opt.get_parameters():
                     if p.grad is not None:
                         p.grad.mul_(coeff)
+
+    # ------------------------------------------------------------------------------------------- optimizer memory
+    def optimizer_state_tensors(self) -> list[tuple[dict, Any, torch.Tensor]]:
+        """The tensors only the optimizer holds, as ``(container, key, tensor)``: fp32 master copies of bf16
+        parameters (``container`` a ``{"param": p}`` stand-in, moved through ``p.data``) and Adam's moments
+        (``container`` the parameter's state dict). Master "copies" that share storage with the model's parameters
+        (fp32 training, the distributed optimizer's views into the parameter buffer) are the model's and excluded."""
+        model_storages = {p.untyped_storage().data_ptr() for m in self.model for p in m.parameters()}
+        out: list[tuple[dict, Any, torch.Tensor]] = []
+        for opt in self._optimizers():
+            inner = getattr(opt, "optimizer", None)
+            if inner is None:
+                continue
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    if p.untyped_storage().data_ptr() not in model_storages:
+                        out.append(({"param": p}, "param", p))
+                    state = inner.state.get(p, {})
+                    for key, value in state.items():
+                        if torch.is_tensor(value) and value.dim() > 0:
+                            out.append((state, key, value))
+        return out
+
+    def _move_optimizer_state(self, device: torch.device) -> None:
+        for container, key, tensor in self.optimizer_state_tensors():
+            if tensor.device == device:
+                continue
+            if key == "param":
+                p = container["param"]
+                p.grad = None  # the step's gradient is spent (train() zeroed it); it must not pin device memory
+                p.data = p.data.to(device, non_blocking=True)
+            else:
+                container[key] = tensor.to(device, non_blocking=True)
+        if self.on_gpu:
+            torch.cuda.synchronize()
+
+    def offload_optimizer_state(self) -> None:
+        """Optimizer-only tensors (``optimizer_state_tensors``) to host memory; see ``PolicyInterface``."""
+        self._move_optimizer_state(torch.device("cpu"))
+
+    def reload_optimizer_state(self) -> None:
+        self._move_optimizer_state(self.device)
 
     # ------------------------------------------------------------------------------------------------------ refit
     def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

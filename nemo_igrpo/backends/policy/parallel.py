@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,6 +46,18 @@ class ParallelLayout:
     @property
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp_size - 1
+
+
+def process_group_backend(accelerator_backend: str | None) -> str:
+    """The default process group's backend for each device type: ``"gloo"`` without an accelerator,
+    ``"cpu:gloo,cuda:<accelerator_backend>"`` with one.
+
+    Host-side collectives (metrics, counters, the preemption flag, Python objects; ``backends/collectives.py``) reduce
+    CPU tensors. An NCCL-only group cannot carry them: torch raises "No backend type associated with device type cpu"
+    at the first one. With gloo serving the CPU beside NCCL every group can, including megatron-core's, which inherit
+    the default group's backend; device tensors still go through NCCL.
+    """
+    return "gloo" if accelerator_backend is None else f"cpu:gloo,cuda:{accelerator_backend}"
 
 
 def _slurm_master_addr() -> str:
@@ -93,7 +106,8 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     """Initialise torch.distributed (if not already) and megatron's TP/PP/DP groups and RNG states.
 
     Rank and world size come from RANK/WORLD_SIZE (torchrun), else SLURM_PROCID/SLURM_NTASKS (srun), else a single
-    process with an in-memory store. NCCL when CUDA is present, gloo (plus the CPU shims) otherwise.
+    process with an in-memory store. NCCL for CUDA tensors beside gloo for host tensors when CUDA is present
+    (``process_group_backend``), gloo (plus the CPU shims) otherwise.
     ``world_size`` must be divisible by ``tp * pp``; the rest is data parallel.
     """
     from megatron.core import parallel_state, tensor_parallel
@@ -102,6 +116,13 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
         raise ValueError(f"tensor and pipeline parallel sizes must be >= 1, got tp={tp}, pp={pp}")
     use_cuda = torch.cuda.is_available()
     if dist.is_initialized():
+        from nemo_igrpo.backends.collectives import group_carries
+
+        if not group_carries(None, "cpu"):
+            raise RuntimeError(
+                f"the default process group was initialised before initialize_parallel with backend "
+                f"{dist.get_backend_config()!r}, which cannot carry the trainer's host-side (CPU) collectives; "
+                f"initialise it with backend={process_group_backend('nccl')!r} or leave it to initialize_parallel")
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))
     else:
@@ -124,7 +145,7 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
         launched = "MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ
         rendezvous = {"init_method": "env://"} if launched else {"store": dist.HashStore()}
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo",
+            backend=process_group_backend("nccl" if use_cuda else None),
             rank=rank,
             world_size=world,
             timeout=timedelta(minutes=timeout_minutes),
@@ -158,11 +179,16 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     )
 
 
-def destroy_parallel() -> None:
-    """Tear down megatron's groups, then the default process group (the other order aborts at exit on gloo)."""
+def destroy_parallel(shutdown: Sequence[Callable[[], None]] = ()) -> None:
+    """Tear down megatron's groups, then call ``shutdown`` (engines that run on the default process group, e.g. the
+    vLLM generator's ``close``, whose shutdown also destroys the groups vLLM made and the default one), then destroy
+    the default process group if it still exists. Megatron's groups before the default one: the other order aborts
+    at exit on gloo."""
     from megatron.core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    for close in shutdown:
+        close()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -1,0 +1,71 @@
+"""A real Trainer (demo iGRPO config, tiny random model, HF generator, Megatron policy) whose policy, generator and
+cache release are wrapped in recorders, run for two steps with validation; writes the call log."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write_model(path: str) -> str:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from nemo_igrpo.data.tokenizer import build_demo_tokenizer
+    from nemo_igrpo.demo.model import demo_model_config
+
+    tok = build_demo_tokenizer(path)
+    cfg = demo_model_config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def run(work: str) -> None:
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from nemo_igrpo.config import load_config
+    from nemo_igrpo.trainer.loop import Trainer
+    from recording import Recording
+
+    model = write_model(os.path.join(work, "model"))
+    cfg = load_config(os.path.join(REPO, "conf", "demo_igrpo.yaml"), [
+        f"policy.model_path={model}", f"trainer.output_dir={os.path.join(work, 'run')}", "trainer.max_steps=2",
+        "trainer.validate_every=2", "trainer.num_validation_prompts=2", "trainer.save_every=0",
+        "trainer.progress_bar=false", "trainer.tensorboard=false", "data.prompts_per_step=2",
+        "algorithm.group_size=4", "algorithm.refinement.num_drafts=2", "generation.max_new_tokens=6",
+        "algorithm.refinement.max_draft_tokens=6", "reward.num_workers=1",
+        "policy.offload_optimizer_during_generation=true"])
+    log: list[str] = []
+    trainer = Trainer(cfg)
+    lc = trainer.lifecycle
+    assert lc.offload_optimizer  # wired from the config
+    trainer.policy = lc.policy = Recording(trainer.policy, log)
+    trainer.worker.generator = lc.generator = Recording(trainer.worker.generator, log)
+    lc.release_cache = lambda: log.append("empty_cache")
+    destroy_mp, destroy_pg = parallel_state.destroy_model_parallel, dist.destroy_process_group
+
+    def recorded_destroy_mp(*a, **k):
+        log.append("destroy_model_parallel")
+        return destroy_mp(*a, **k)
+
+    def recorded_destroy_pg(*a, **k):
+        if not a and not k.get("group"):
+            log.append("destroy_process_group")
+        return destroy_pg(*a, **k)
+
+    parallel_state.destroy_model_parallel = recorded_destroy_mp
+    dist.destroy_process_group = recorded_destroy_pg
+    try:
+        trainer.fit()
+    finally:
+        trainer.close()
+    with open(os.path.join(work, "calls.json"), "w") as f:
+        json.dump(log, f)
