@@ -28,6 +28,7 @@ from nemo_igrpo.data.prompts import build_messages, encode_messages
 from nemo_igrpo.data.synthetic import generate_splits, is_correct
 from nemo_igrpo.data.tokenizer import build_demo_tokenizer
 from nemo_igrpo.demo.model import demo_model_config
+from nemo_igrpo.errors import OutputExistsError
 
 # About 0.3 s a step on 2 idle CPU cores, so SFT stays near 90 s. With the task defaults of 2-4 ops / values <= 99,
 # 300 steps gave loss 0.19 and only 5% greedy test accuracy; the task defaults were made easier for that reason.
@@ -135,7 +136,7 @@ def run_sft(
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{output_dir} exists (pass overwrite=True / --overwrite to replace it)")
     data_cfg = data_config or DataConfig()
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -720,20 +721,50 @@ def _report(summary: dict, shard: tuple[int, int]) -> int:
     return 0
 
 
+def validated_inputs(args: argparse.Namespace):
+    """Everything ``igrpo evaluate`` reads from the user, checked before a model is loaded: the sampling protocol and
+    shard, the model directory (config and safetensors headers), the tokenizer directory and the dataset files (every
+    line). Returns ``(protocol, shard, names, datasets, model_dir)`` (the last two None with --from-nemo-skills). Any
+    problem is a ``UserError`` naming the flag, file or line."""
+    from nemo_igrpo.backends.conversion.hf_io import check_config_json, check_safetensors_files, hf_weight_files
+    from nemo_igrpo.errors import UserError, require_local_dir
+
+    try:
+        protocol = protocol_from_args(args)
+        protocol.validate()
+        shard = parse_shard(args.shard)
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if not names:
+            raise ValueError(f"--datasets {args.datasets!r}: no dataset named")
+        if args.from_nemo_skills:
+            return protocol, shard, names, None, None
+        if not args.model:
+            raise ValueError("--model is required (or --from-nemo-skills DIR)")
+        require_local_dir(args.model, "--model")
+        model_dir = check_hf_model_dir(args.model)
+        if args.tokenizer:
+            require_local_dir(args.tokenizer, "--tokenizer")
+        paths = resolve_datasets(names, parse_data_flags(args.data))
+        datasets = {name: load_records(path) for name, path in paths.items()}
+    except (ValueError, OSError) as err:  # the validators above raise these, each naming its flag or file
+        if isinstance(err, UserError):
+            raise
+        # EvalProtocol names its fields; say the flag the user typed (protocol.max_new_tokens -> --max-new-tokens).
+        msg = re.sub(r"\bprotocol\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-")
+                     if hasattr(args, m.group(1)) else m.group(0), str(err))
+        raise UserError(msg) from None
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UserError(f"--output {args.output}: exists and is not a directory")
+    check_config_json(model_dir / "config.json")
+    check_safetensors_files(hf_weight_files(model_dir))
+    return protocol, shard, names, datasets, model_dir
+
+
 def run(args: argparse.Namespace) -> int:
     """``igrpo evaluate``."""
-    protocol = protocol_from_args(args)
-    protocol.validate()
-    shard = parse_shard(args.shard)
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    protocol, shard, names, datasets, model_dir = validated_inputs(args)
     if args.from_nemo_skills:
         return run_from_nemo_skills(args, names, protocol)
-    if not args.model:
-        print("error: --model is required (or --from-nemo-skills DIR)", file=sys.stderr)
-        return 2
-    paths = resolve_datasets(names, parse_data_flags(args.data))
-    datasets = {name: load_records(path) for name, path in paths.items()}
-    model_dir = check_hf_model_dir(args.model)
     identity = model_identity(model_dir)
     from transformers import AutoTokenizer
 

@@ -238,7 +238,7 @@ def _inspect_data(plan: Plan) -> None:
 
 
 def _inspect_output(plan: Plan) -> None:
-    from nemo_igrpo.trainer.checkpoints import CheckpointDirectory
+    from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, existing_run_artifacts, output_dir_refusal
 
     out = Path(plan.cfg.trainer.output_dir)
     key = "trainer.output_dir"
@@ -250,14 +250,15 @@ def _inspect_output(plan: Plan) -> None:
             plan.problem(key, f"{out}: not writable")
             return
         steps = CheckpointDirectory(out / "checkpoints").complete_steps()
-        has_run = bool(steps) or (out / "metrics.jsonl").is_file()
-        if steps and plan.cfg.trainer.resume:
+        refusal = output_dir_refusal(out, plan.cfg.trainer.resume, plan.cfg.trainer.overwrite)
+        if refusal is not None:  # the same rule the run applies: a fresh start into an earlier run is refused
+            plan.problem(key, refusal.removeprefix(f"config key '{key}': ")
+                         + (f" (checkpoints up to step {steps[-1]})" if steps else ""))
+        elif steps and plan.cfg.trainer.resume:
             plan.checks.append(f"output    {out}: continues from checkpoint step {steps[-1]} (trainer.resume=true)")
-        elif has_run and not plan.cfg.trainer.resume:
-            plan.warnings.append(f"{key} {out} holds an earlier run"
-                                 + (f" (checkpoints up to step {steps[-1]})" if steps else "")
-                                 + " and trainer.resume=false: resume it (trainer.resume=true) or choose another "
-                                   "directory")
+        elif plan.cfg.trainer.overwrite and existing_run_artifacts(out):
+            plan.warnings.append(f"{key} {out} holds an earlier run: trainer.overwrite=true deletes its "
+                                 f"{', '.join(existing_run_artifacts(out))} at the start")
         else:
             plan.checks.append(f"output    {out}: exists, writable, no checkpoint yet")
         return

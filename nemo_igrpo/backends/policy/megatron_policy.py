@@ -674,10 +674,15 @@ class MegatronPolicy(PolicyInterface):
 
         Optimizer state reshards too (the plain optimizer's state is stored per model tensor). RNG states are
         restored only when the world size is unchanged (they are per rank); otherwise kept as seeded. Collective.
+        The directory is verified first and read without running pickled code (``safe_dist_checkpoint``): a damaged
+        or crafted one raises ``DamagedCheckpointError`` / ``UnsafeCheckpointError`` naming the file.
         """
         from megatron.core import dist_checkpointing
 
-        common = dist_checkpointing.load_common_state_dict(path)
+        from nemo_igrpo.backends.safe_checkpoint import safe_dist_checkpoint
+
+        with safe_dist_checkpoint(path):
+            common = dist_checkpointing.load_common_state_dict(path)
         pmeta = common.get("policy_meta", {})
         if pmeta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a policy checkpoint of format {CHECKPOINT_FORMAT} (got {pmeta!r})")
@@ -697,7 +702,8 @@ class MegatronPolicy(PolicyInterface):
             sd["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=meta)
         if same_world:
             sd["rng_state"] = self._rng_object(None)
-        state = dist_checkpointing.load(sd, path)
+        with safe_dist_checkpoint(path, verify=False):
+            state = dist_checkpointing.load(sd, path)
 
         if len(self.model) == 1:
             self.model[0].module.load_state_dict(state["model"], strict=True)
