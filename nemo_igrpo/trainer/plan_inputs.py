@@ -94,6 +94,8 @@ def _check_architecture(plan: Plan, hf: dict, cfg_file: Path) -> None:
     problems = architecture.architecture_problems(hf, tp, pp)
     for what in problems:
         plan.problem(str(cfg_file), what)
+    for what in architecture.micro_batching_problems(hf, plan.cfg.policy.micro_batching):
+        plan.problem("policy.micro_batching", f"{what} ({cfg_file} is model_type {hf.get('model_type')!r})")
     if not problems:
         heads, kv = architecture.num_heads(hf)
         plan.checks.append(f"model     {cfg_file}: {hf.get('model_type')}, {hf.get('num_hidden_layers')} layers, "

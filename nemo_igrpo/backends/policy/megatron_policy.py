@@ -239,13 +239,14 @@ class MegatronPolicy(PolicyInterface):
         tokens (Transformer Engine's THD layout), and buckets by length otherwise (a block-diagonal mask would
         compute, then discard, attention across the sequences of a row). Hybrid Mamba models never pack: a Mamba
         layer's state runs along the whole row, through every sequence in it."""
+        from nemo_igrpo.backends.policy.architecture import micro_batching_problems
+
         layout = self.cfg.micro_batching
         if layout == "auto":
             return "packed" if self._thd and not self.hybrid else "bucketed"
-        if layout == "packed" and self.hybrid:
-            raise ValueError("config key 'policy.micro_batching': 'packed' is not supported for hybrid Mamba models "
-                             "(Nemotron-H): the recurrent state would flow from one sequence of a row into the next; "
-                             "use 'bucketed' or 'auto'")
+        problems = micro_batching_problems(self.hf_config, layout)
+        if problems:
+            raise ValueError(f"config key 'policy.micro_batching': {'; '.join(problems)}")
         return layout
 
     @property
