@@ -33,7 +33,7 @@ from nemo_igrpo.trainer.checkpoints import (CheckpointDirectory, OutputDirError,
                                             output_dir_refusal, read_trainer_state, remove_run_artifacts,
                                             step_dir_name)
 from nemo_igrpo.trainer.data import load_prompt_splits
-from nemo_igrpo.trainer.lifecycle import ColocatedLifecycle
+from nemo_igrpo.trainer.lifecycle import TRANSITIONS, ColocatedLifecycle
 from nemo_igrpo.trainer.memory_plan import sequence_budget
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.provenance import write_provenance
@@ -305,7 +305,8 @@ class Trainer:
         # Signals (stop_signals.py): USR1 saves after the step, TERM/INT save as soon as the policy can. Only a single
         # process may abandon a step mid-way (no peer can be left waiting in a collective), and only in the rollouts.
         single = self.layout.world_size == 1
-        stop = StopSignals(cfg.preemption_grace_s, abandonable=(Trainer._rollouts.__code__,) if single else ())
+        stop = StopSignals(cfg.preemption_grace_s, abandonable=(Trainer._rollouts.__code__,) if single else (),
+                           protected=TRANSITIONS)
         stop.saved(self.step)  # a resumed run's checkpoint, or step 0: nothing to save yet
         stop.step_rolled_back(self.step)
         last: dict[str, float] = {}
