@@ -55,7 +55,8 @@ class StopSignals:
     step may be abandoned at once (empty in multi-rank jobs), ``protected`` those that a signal must never cut short
     even there (the lifecycle's memory transitions: half done, they would leave the optimizer state in host memory
     and the engine neither awake nor asleep, and the checkpoint would be written from that state); ``exit_process``
-    ends the process when the grace period runs out (``os._exit``: the main thread may be blocked in a collective that no exception can interrupt).
+    ends the process when the grace period runs out (``os._exit``: the main thread may be blocked in a collective that
+    no exception can interrupt).
     """
 
     def __init__(self, grace_s: float, abandonable: tuple[CodeType, ...] = (), protected: tuple[CodeType, ...] = (),
@@ -163,7 +164,8 @@ class StopSignals:
 
 def _abandonable_here(frame: FrameType | None, abandonable: tuple[CodeType, ...],
                       protected: tuple[CodeType, ...]) -> bool:
-    """The interrupted code runs inside an ``abandonable`` function and not inside a ``protected`` one called from it."""
+    """The interrupted code runs inside an ``abandonable`` function, and not inside a ``protected`` one called
+    from it."""
     while frame is not None:
         if frame.f_code in protected:
             return False
