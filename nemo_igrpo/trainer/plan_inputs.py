@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from nemo_igrpo.trainer.plan import DataFile, Plan
+from nemo_igrpo.trainer.plan_record import DataFile, Plan
 
 
 def inspect_inputs(plan: Plan) -> None:
