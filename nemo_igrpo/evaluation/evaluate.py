@@ -272,6 +272,7 @@ def _check_fingerprint(path: Path, fingerprint: dict, write: bool = True) -> Non
     would mix two evaluations); write the fingerprint on first use (``write``)."""
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
+        old.setdefault("extraction", "boxed")  # written before the key existed, when every evaluation graded boxes
         if old != fingerprint:
             diff = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
             if "model" in diff:
@@ -283,7 +284,7 @@ def _check_fingerprint(path: Path, fingerprint: dict, write: bool = True) -> Non
                     "directory"
                 )
             raise ValueError(
-                f"{path.parent}: existing samples were drawn with different settings ({', '.join(diff)}); "
+                f"{path.parent}: existing samples were drawn or graded with different settings ({', '.join(diff)}); "
                 "use a new --output directory or delete the old one"
             )
         return
@@ -523,7 +524,7 @@ def summary_markdown(summary: dict) -> str:
             "",
             f"Sampling: temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
             f"max new tokens {p.get('max_new_tokens')}, seed {p.get('seed')}; prompt: {preset} "
-            f"({json.dumps(p.get('prompt'))}).",
+            f"({json.dumps(p.get('prompt'))}); answers graded with {p.get('extraction', 'boxed')} extraction.",
         ]
     identity = summary.get("identity") or {}
     if identity:
@@ -623,6 +624,7 @@ def protocol_from_args(args: argparse.Namespace) -> EvalProtocol:
         problems_per_call=args.problems_per_call,
         max_batch_sequences=args.max_batch_sequences,
         limit=args.limit,
+        extraction=args.extraction,
     )
 
 
@@ -773,7 +775,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_matches(args.output, datasets, protocol, identity, shard[1])
         check_context_length(model_dir, tokenizer, datasets, protocol)
         generator = None if args.merge else build_generator(args, model_dir, tokenizer)
-        with build_grader(args.grader_workers, args.grader_timeout, args.extraction) as grader:
+        with build_grader(args.grader_workers, args.grader_timeout, protocol.extraction) as grader:
             summary = evaluate_model(
                 generator, tokenizer, datasets, protocol, args.output, grader,
                 stop_token_ids=stop_token_ids_for(model_dir, tokenizer), model_name=str(model_dir), shard=shard,
@@ -793,7 +795,7 @@ def run_from_nemo_skills(args: argparse.Namespace, names: Sequence[str], protoco
     output_dir = Path(args.output)
     (output_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     results = {}
-    with build_grader(args.grader_workers, args.grader_timeout, args.extraction) as grader:
+    with build_grader(args.grader_workers, args.grader_timeout, protocol.extraction) as grader:
         for name in names:
             ns = nemo_skills.read_outputs(args.from_nemo_skills, name)
             k = len(ns.files)
