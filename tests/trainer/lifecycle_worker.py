@@ -27,22 +27,27 @@ def write_model(path: str) -> str:
     return path
 
 
+def _config(work: str, overrides: list[str]):
+    """The demo iGRPO recipe on a fresh tiny model, sized to seconds, optimizer offload on, no periodic checkpoint."""
+    from nemo_igrpo.config import load_config
+
+    model = write_model(os.path.join(work, "model"))
+    return load_config(os.path.join(REPO, "conf", "demo_igrpo.yaml"), [
+        f"policy.model_path={model}", f"trainer.output_dir={os.path.join(work, 'run')}", "trainer.save_every=0",
+        "trainer.progress_bar=false", "trainer.tensorboard=false", "data.prompts_per_step=2",
+        "algorithm.group_size=4", "algorithm.refinement.num_drafts=2", "generation.max_new_tokens=6",
+        "algorithm.refinement.max_draft_tokens=6", "reward.num_workers=1",
+        "policy.offload_optimizer_during_generation=true", *overrides])
+
+
 def run(work: str) -> None:
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from nemo_igrpo.config import load_config
     from nemo_igrpo.trainer.loop import Trainer
     from recording import Recording
 
-    model = write_model(os.path.join(work, "model"))
-    cfg = load_config(os.path.join(REPO, "conf", "demo_igrpo.yaml"), [
-        f"policy.model_path={model}", f"trainer.output_dir={os.path.join(work, 'run')}", "trainer.max_steps=2",
-        "trainer.validate_every=2", "trainer.num_validation_prompts=2", "trainer.save_every=0",
-        "trainer.progress_bar=false", "trainer.tensorboard=false", "data.prompts_per_step=2",
-        "algorithm.group_size=4", "algorithm.refinement.num_drafts=2", "generation.max_new_tokens=6",
-        "algorithm.refinement.max_draft_tokens=6", "reward.num_workers=1",
-        "policy.offload_optimizer_during_generation=true"])
+    cfg = _config(work, ["trainer.max_steps=2", "trainer.validate_every=2", "trainer.num_validation_prompts=2"])
     log: list[str] = []
     trainer = Trainer(cfg)
     lc = trainer.lifecycle
@@ -77,18 +82,11 @@ def run_interrupted(work: str, target: str, method: str, call: int) -> None:
     call log, the lifecycle's state after fit() and the steps logged and saved."""
     import signal
 
-    from nemo_igrpo.config import load_config
     from nemo_igrpo.trainer.loop import Trainer
     from recording import Recording
 
-    model = write_model(os.path.join(work, "model"))
-    out = os.path.join(work, "run")
-    cfg = load_config(os.path.join(REPO, "conf", "demo_igrpo.yaml"), [
-        f"policy.model_path={model}", f"trainer.output_dir={out}", "trainer.max_steps=3", "trainer.validate_every=0",
-        "trainer.save_every=0", "trainer.progress_bar=false", "trainer.tensorboard=false", "data.prompts_per_step=2",
-        "algorithm.group_size=4", "algorithm.refinement.num_drafts=2", "generation.max_new_tokens=6",
-        "algorithm.refinement.max_draft_tokens=6", "reward.num_workers=1",
-        "policy.offload_optimizer_during_generation=true"])
+    cfg = _config(work, ["trainer.max_steps=3", "trainer.validate_every=0"])
+    out = cfg.trainer.output_dir
     log: list[str] = []
     trainer = Trainer(cfg)
     lc = trainer.lifecycle
