@@ -30,6 +30,7 @@ from nemo_igrpo.data.synthetic import generate_splits, is_correct
 from nemo_igrpo.data.tokenizer import build_demo_tokenizer
 from nemo_igrpo.demo.model import demo_model_config
 from nemo_igrpo.demo.teacher import direct_solution, near_miss, parse_steps, slipped_steps, worked_solution
+from nemo_igrpo.errors import OutputExistsError
 
 # Measured on the demo task (conf/demo_*.yaml: operands <= 9, values <= 30) with half the answers direct: 400 steps
 # left the worked answers right only 24% of the time (the arithmetic facts were not learned yet), 600 steps 83%
@@ -154,7 +155,7 @@ def run_sft(
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{output_dir} exists (pass overwrite=True / --overwrite to replace it)")
     data_cfg = data_config or DataConfig()
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -57,7 +57,8 @@ class RoundResult:
 
     groups: list[Group]
     timings: dict[str, float]
-    timeouts: int = 0
+    timeouts: int = 0  # responses whose grading hit a limit (scored 0)
+    over_budget: int = 0  # of those, responses left ungraded because the batch's grading budget was spent
 
 
 @dataclass
@@ -114,7 +115,8 @@ def sampled_entropy(logprobs: Sequence[Sequence[float]]) -> float:
     return -float(sum(sum(lp) for lp in logprobs)) / total if total else 0.0
 
 
-def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts: int) -> dict[str, float]:
+def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts: int,
+                    over_budget: int = 0) -> dict[str, float]:
     """Reward, accuracy, length and budget metrics over every generated group (all rounds, trained on or not: they
     are unbiased samples of the current policy, and their tokens were spent)."""
     metrics: dict[str, float] = {}
@@ -150,6 +152,7 @@ def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts
             metrics["accuracy/refinement_gain"] = metrics["accuracy/train"] - metrics["accuracy/draft_best"]
             metrics["accuracy/refinement_gain_vs_draft_mean"] = metrics["accuracy/train"] - metrics["accuracy/draft_mean"]
     metrics["reward/timeouts"] = float(timeouts)
+    metrics["reward/over_budget"] = float(over_budget)
     lengths = [len(r) for g in groups for r in g.response_ids]
     metrics["response_length/mean"] = _mean(lengths)
     metrics["response_length/max"] = float(max(lengths, default=0))
@@ -216,7 +219,7 @@ class RolloutWorker:
                         ) -> RoundResult:
         """One group per record (both stages in iGRPO). Seeds depend on (run seed, step, stage, shard, round)."""
         timings = {"time/generate": 0.0, "time/reward": 0.0}
-        timeouts = 0
+        timeouts = over_budget = 0
         prompts = [self.encode_single_shot(r) for r in records]
         n, g = self.budget.num_drafts, self.budget.num_refinements
         groups = [Group(prompt_ids=[], response_ids=[], generator_logprobs=[], finish_reasons=[], rewards=[],
@@ -226,7 +229,7 @@ class RolloutWorker:
             seed = seeding.derive_seed(self.run_seed, step, seeding.STAGE_DRAFTS, shard, round_index)
             drafts = self._sample(prompts, n, seed, timings)
             scored = self._score(records, n, drafts, STAGE_DRAFTS, timings)
-            timeouts += scored.timeouts
+            timeouts, over_budget = timeouts + scored.timeouts, over_budget + scored.over_budget
             rows = [slice(i * n, (i + 1) * n) for i in range(len(records))]
             rewards = [scored.total[s] for s in rows]
             lengths = [[len(t) for t in drafts.token_ids[s]] for s in rows]
@@ -249,19 +252,19 @@ class RolloutWorker:
         seed = seeding.derive_seed(self.run_seed, step, seeding.STAGE_REFINEMENTS, shard, round_index)
         out = self._sample(prompts, g, seed, timings)
         scored = self._score(records, g, out, STAGE_TRAINED, timings)
-        timeouts += scored.timeouts
+        timeouts, over_budget = timeouts + scored.timeouts, over_budget + scored.over_budget
         for i, grp in enumerate(groups):
             s = slice(i * g, (i + 1) * g)
             grp.prompt_ids = prompts[i]
             grp.response_ids, grp.generator_logprobs = out.token_ids[s], out.logprobs[s]
             grp.finish_reasons, grp.rewards = out.finish_reasons[s], scored.total[s]
             grp.components = {name: v[s] for name, v in scored.components.items()}
-        return RoundResult(groups=groups, timings=timings, timeouts=timeouts)
+        return RoundResult(groups=groups, timings=timings, timeouts=timeouts, over_budget=over_budget)
 
     def run(self, records: list[PromptRecord], step: int, shard: int) -> StepRollouts:
         """Every record's group, all trained on (one round, no dynamic sampling)."""
         result = self.generate_groups(records, step, shard)
-        metrics = rollout_metrics(result.groups, result.timings, result.timeouts)
+        metrics = rollout_metrics(result.groups, result.timings, result.timeouts, result.over_budget)
         return StepRollouts.from_groups(result.groups, self.budget.num_refinements, [True] * len(result.groups),
                                         self.algorithm.overlong_filter, metrics)
 

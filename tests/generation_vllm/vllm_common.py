@@ -12,8 +12,9 @@ TEMPERATURE = 0.7
 WEIGHT_NOISE = 0.1
 
 
-def build_model_dir(path: str, seed: int = 0) -> str:
-    """Save the demo tokenizer and a randomly initialised demo Llama (head_dim 32, GQA, untied) under ``path``."""
+def build_model_dir(path: str, seed: int = 0, tied: bool = False) -> str:
+    """Save the demo tokenizer and a randomly initialised demo Llama (head_dim 32, GQA; untied unless ``tied``, then
+    the output layer is the input embedding, as in SmolLM2) under ``path``."""
     from transformers import LlamaForCausalLM
 
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
@@ -21,7 +22,7 @@ def build_model_dir(path: str, seed: int = 0) -> str:
 
     tok = build_demo_tokenizer(path)
     cfg = demo_model_config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                            pad_token_id=tok.pad_token_id)
+                            pad_token_id=tok.pad_token_id, tie_word_embeddings=tied)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).float()
     with torch.no_grad():

@@ -207,8 +207,31 @@ def _end_reload(worker: Any) -> None:
     _drop_derived_caches(worker)
 
 
+def _rebuild_tied_output_layer(model: Any) -> None:
+    """Tied word embeddings (SmolLM2, Qwen2-0.5B): vLLM's output layer shares the embedding's weight tensor, so the
+    refit that rewrites the embedding rewrites the head's weight too, but no checkpoint tensor is named after the head
+    (the layerwise reload reports "ParallelLMHead: Failed to load weights" and keeps its old state). What the head
+    derived from the weight at load time, the CPU build's packed GEMM copy (oneDNN), then still holds the old
+    embedding: generation samples from a stale output layer (measured on a tied tiny model: log-probs off by 1.8).
+    Redo the head's post-load processing on the shared tensor; on GPU it is a no-op for an unquantised head."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    modules = list(model.modules())
+    heads = [m for m in modules if isinstance(m, ParallelLMHead)]
+    embeddings = [m for m in modules if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)]
+    for head in heads:
+        weight = getattr(head, "weight", None)
+        if weight is None or weight.is_meta or not any(
+                getattr(e, "weight", None) is not None and e.weight.data_ptr() == weight.data_ptr() for e in embeddings):
+            continue  # an untied head is loaded by name like any other layer
+        head.quant_method.process_weights_after_loading(head)
+
+
 def _drop_derived_caches(worker: Any) -> None:
-    """Runs on the worker: drop caches computed from the old weights (after either refit mode)."""
+    """Runs on the worker: rebuild what a tied output layer derived from the old embedding, drop caches computed from
+    the old weights (after either refit mode)."""
+    with torch.no_grad():
+        _rebuild_tied_output_layer(worker.get_model())
     runner = worker.model_runner
     for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
         if hasattr(runner, reset):
