@@ -10,8 +10,6 @@ under real load.
 import json
 import subprocess
 
-import pytest
-
 from trainer_cli_helpers import igrpo_train_cmd, train_env
 
 # Wall-clock measurements are the only metrics allowed to differ between two runs of one config and seed.
