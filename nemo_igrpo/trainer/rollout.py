@@ -36,6 +36,7 @@ class Group:
     draft_components: dict[str, list[float]] = field(default_factory=dict)
     draft_lengths: list[int] = field(default_factory=list)
     draft_finish_reasons: list[str] = field(default_factory=list)
+    draft_logprobs: list[list[float]] = field(default_factory=list)  # the generator's, for the Stage-1 entropy
     best_draft: int = -1
     best_draft_text: str = ""
 
@@ -105,6 +106,15 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
+def sampled_entropy(logprobs: Sequence[Sequence[float]]) -> float:
+    """Mean of -log p over every sampled token: an unbiased estimate of the policy's per-token entropy at the
+    sampling temperature (E_{x~p}[-log p(x)] = H(p)) when sampling applies no top-p / top-k cut. It costs nothing
+    (the generator returns the log-probs) and is the same estimator for both stages, so drafts, refinements and GRPO
+    rollouts compare on one scale."""
+    total = sum(len(lp) for lp in logprobs)
+    return -float(sum(sum(lp) for lp in logprobs)) / total if total else 0.0
+
+
 def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts: int,
                     over_budget: int = 0) -> dict[str, float]:
     """Reward, accuracy, length and budget metrics over every generated group (all rounds, trained on or not: they
@@ -122,6 +132,9 @@ def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts
             metrics["accuracy/draft_best"] = _mean([g.draft_components["accuracy"][g.best_draft] for g in groups])
         metrics["overlong/draft_truncated_share"] = _mean(
             [float(r == FINISH_LENGTH) for g in groups for r in g.draft_finish_reasons])
+        metrics["entropy/stage1_sampled"] = sampled_entropy([lp for g in groups for lp in g.draft_logprobs])
+    # The trained-on rollouts: GRPO's single-shot answers, iGRPO's Stage-2 refinements.
+    metrics["entropy/stage2_sampled"] = sampled_entropy([lp for g in groups for lp in g.generator_logprobs])
     counter.add(STAGE_TRAINED, len(rows), sum(len(r) for g in groups for r in g.response_ids))
     metrics["reward/mean"] = _mean(rows)
     names = groups[0].components.keys() if groups else ()
@@ -229,6 +242,7 @@ class RolloutWorker:
                 grp.draft_rewards, grp.draft_lengths = rewards[i], lengths[i]
                 grp.draft_components = {name: v[rows[i]] for name, v in scored.components.items()}
                 grp.draft_finish_reasons = drafts.finish_reasons[rows[i]]
+                grp.draft_logprobs = drafts.logprobs[rows[i]]
                 grp.best_draft, grp.best_draft_text = k, self._decode(drafts.token_ids[best])
                 draft_ids = [t for t in drafts.token_ids[best] if t not in self.stop_ids]
                 messages = build_refinement_messages(self.single_shot_messages(record), draft_ids, self._decode,
