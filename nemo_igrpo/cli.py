@@ -1,12 +1,19 @@
 """The ``igrpo`` console command. Each subcommand lives in the module that does its job and registers itself through
 an ``add_parser(subparsers)`` function; this file only wires them together (imports are lazy so that ``igrpo score``
-never pays for importing megatron)."""
+never pays for importing megatron).
+
+A user mistake anywhere below is a ``nemo_igrpo.errors.UserError``; it is turned into one ``error: ...`` line and exit
+code 2 here, and nowhere else (``IGRPO_TRACEBACK=1`` shows its traceback as well)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
+
+from nemo_igrpo.errors import EXIT_USER_ERROR, TRACEBACK_ENV, UserError
 
 # subcommand -> module that defines add_parser(subparsers); the parser sets `func(args) -> int`.
 SUBCOMMANDS = {
@@ -42,7 +49,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

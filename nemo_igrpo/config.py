@@ -19,10 +19,11 @@ from nemo_igrpo.backends.generation.config import GenerationConfig
 from nemo_igrpo.backends.policy.config import PolicyConfig
 from nemo_igrpo.data.config import DataConfig
 from nemo_igrpo.rewards.config import RewardConfig
+from nemo_igrpo.errors import UserError
 from nemo_igrpo.trainer.config import TrainerConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
@@ -40,31 +41,100 @@ class Config:
 
 def _friendly(err: OmegaConfBaseException, source: str) -> ConfigError:
     key = getattr(err, "full_key", None) or "?"
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
+    msg = (getattr(err, "msg", None) or str(err) or type(err).__name__).splitlines()[0]
     return ConfigError(f"{source}: config key '{key}': {msg}")
 
 
+def _yaml_problem(err: Exception) -> str:
+    """One line from a YAML parser error: what went wrong and where."""
+    import yaml
+
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"{err.problem or err.context or 'invalid YAML'}{where}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _load_yaml_file(path: Path) -> DictConfig:
+    import yaml
+
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror or err})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level, got a list")
+    return loaded
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One ``key=value`` override; the value is YAML, as in Hydra (so ``k=[1,2]`` is a list and ``k=null`` is None)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: {key!r} is not a config key (dotted names, e.g. trainer.max_steps)")
+    try:
+        return OmegaConf.from_dotlist([item])
+    except yaml.YAMLError as err:
+        raise ConfigError(
+            f"override {item!r}: the value of '{key}' is not valid YAML ({_yaml_problem(err)}); a value that starts "
+            f"with '{{', '[', '*', '&', '!', '%', '@' or contains ': ' must be quoted, e.g. {key}='\"...\"'"
+        ) from None
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults <- YAML file <- ``key=value`` overrides, type-checked, then value-checked by ``validate``."""
+    """Defaults <- YAML file <- ``key=value`` overrides, type-checked, then value-checked by ``validate``.
+
+    Every problem (a missing or malformed file, an override that does not parse, an unknown key, a wrong type, a
+    value out of range) is a ``ConfigError`` naming the file, override or key."""
     merged: DictConfig = OmegaConf.structured(Config)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml_file(path))
         except OmegaConfBaseException as err:
             raise _friendly(err, str(path)) from None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' is not of the form key=value")
+    parsed = [_parse_override(item) for item in overrides]  # all parse errors before any merge error
+    for item, override in zip(overrides, parsed):
+        try:
+            merged = OmegaConf.merge(merged, override)
+        except OmegaConfBaseException as err:
+            raise _friendly(err, f"override {item!r}") from None
     try:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:
-        raise _friendly(err, "command line") from None
-    cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+        raise _friendly(err, "resolving the config") from None
     validate(cfg)
     return cfg
+
+
+def check_input_paths(cfg: Config) -> None:
+    """Before a run builds anything: the model and tokenizer directories and the data files the config names exist.
+
+    Kept out of ``validate`` on purpose: ``--dry-run`` checks a cluster recipe on a login node where those paths need
+    not exist. A missing model directory is an error here rather than a model-hub lookup in transformers.
+    """
+    from nemo_igrpo.errors import require_local_dir
+
+    if not cfg.policy.model_path:
+        raise ConfigError("config key 'policy.model_path': required (a Hugging Face model directory)")
+    require_local_dir(cfg.policy.model_path, "config key 'policy.model_path':")
+    if cfg.policy.tokenizer_path:
+        require_local_dir(cfg.policy.tokenizer_path, "config key 'policy.tokenizer_path':")
+    for key in ("train_file", "validation_file", "test_file"):
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_file():
+            raise ConfigError(f"config key 'data.{key}': {value!r} is not a file")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -139,6 +209,9 @@ def validate(cfg: Config) -> None:
     _positive("reward.judge.concurrency", j.concurrency)
     _positive("reward.judge.max_tokens", j.max_tokens)
     _positive("reward.judge.temperature", j.temperature, allow_zero=True)
+    _positive("reward.judge.max_reply_bytes", j.max_reply_bytes)
+    _positive("reward.judge.breaker_failures", j.breaker_failures, allow_zero=True)
+    _positive("reward.judge.breaker_cooldown_s", j.breaker_cooldown_s, allow_zero=True)
     _positive("data.prompts_per_step", cfg.data.prompts_per_step)
     _positive("data.max_prompt_tokens", cfg.data.max_prompt_tokens)
     _positive("data.num_epochs", cfg.data.num_epochs)
@@ -170,6 +243,9 @@ def validate(cfg: Config) -> None:
         _positive(f"trainer.{key}", getattr(t, key), allow_zero=True)
     _positive("trainer.max_consecutive_nonfinite", t.max_consecutive_nonfinite)
     _positive("trainer.preemption_grace_s", t.preemption_grace_s, allow_zero=True)
+    if t.resume and t.overwrite:
+        raise ConfigError("config keys 'trainer.resume' and 'trainer.overwrite': both true contradict each other "
+                          "(continue the run in trainer.output_dir, or replace it): choose one")
 
 
 def _validate_mismatch(cfg: Config) -> None:

@@ -8,25 +8,46 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from nemo_igrpo.errors import UserError
 
-class JsonlError(ValueError):
-    """A line of a JSONL file is not a JSON object; the message names the file and the 1-based line number."""
+
+class JsonlError(UserError, ValueError):
+    """A JSONL file that cannot be read, or a line that is not a JSON object; the message names the file (and the
+    1-based line number)."""
+
+
+def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file, in order; every such line must be a JSON
+    object. A missing or unreadable file, or a line that is not UTF-8, is a ``JsonlError`` too."""
+    path = Path(path)
+    lineno = 0
+    try:
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                line = raw.decode("utf-8")  # per line, so that an error names the right one
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise JsonlError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+                if not isinstance(obj, dict):
+                    raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                yield lineno, obj
+    except FileNotFoundError:
+        raise JsonlError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise JsonlError(f"{path}: is a directory, expected a JSONL file") from None
+    except UnicodeDecodeError:
+        raise JsonlError(f"{path}:{lineno}: not UTF-8 text") from None
+    except OSError as err:
+        raise JsonlError(f"{path}: cannot read ({err.strerror or err})") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
     """Yield the objects of a JSONL file in order. Blank lines are skipped; anything else must be a JSON object."""
-    path = Path(path)
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise JsonlError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield obj
+    for _, obj in iter_jsonl_lines(path):
+        yield obj
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

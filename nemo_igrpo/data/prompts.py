@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemo_igrpo.data.jsonl import JsonlError, iter_jsonl
+from nemo_igrpo.data.jsonl import JsonlError, iter_jsonl_lines
 
 
 @dataclass(frozen=True)
@@ -25,23 +25,36 @@ def load_prompts(
     answer_key: str = "answer",
     id_key: str = "id",
 ) -> list[PromptRecord]:
-    """Read ``PromptRecord``s from a JSONL file. A record missing the problem or answer key is an error naming the file
-    and line; answers are kept as strings (numbers are converted) because the verifier compares text."""
+    """Read ``PromptRecord``s from a JSONL file. A record whose problem or answer is missing, null, empty or not text
+    is an error naming the file and line (a ``null`` must not become the string "None" that the model is then trained
+    or graded on); answers are kept as strings (numbers are converted) because the verifier compares text."""
     path = Path(path)
     out = []
-    for idx, rec in enumerate(iter_jsonl(path)):
-        for key in (problem_key, answer_key):
-            if key not in rec:
-                raise JsonlError(f"{path}: record {idx + 1} has no key {key!r} (keys: {sorted(rec)})")
+    for idx, (lineno, rec) in enumerate(iter_jsonl_lines(path)):
+        fields = {key: _text_field(rec, key, f"{path}:{lineno}") for key in (problem_key, answer_key)}
         rid = rec.get(id_key)
         out.append(
             PromptRecord(
                 id=str(rid) if rid is not None else f"{path.stem}-{idx}",
-                problem=str(rec[problem_key]),
-                answer=str(rec[answer_key]),
+                problem=fields[problem_key],
+                answer=fields[answer_key],
             )
         )
     return out
+
+
+def _text_field(rec: dict[str, Any], key: str, where: str) -> str:
+    if key not in rec:
+        raise JsonlError(f"{where}: no key {key!r} (keys: {sorted(rec)})")
+    value = rec[key]
+    if value is None:
+        raise JsonlError(f"{where}: {key!r} is null")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise JsonlError(f"{where}: {key!r} must be a string (or a number), got {type(value).__name__}")
+    text = str(value)
+    if not text.strip():
+        raise JsonlError(f"{where}: {key!r} is empty")
+    return text
 
 
 def build_messages(problem: str, system_prompt: str | None = None, instruction: str | None = None) -> list[dict]:

@@ -1,8 +1,9 @@
 """Supervised warm start of the tiny demo model on the synthetic arithmetic task: ``igrpo sft --output DIR``.
 
 RL from a random model gets reward 0 everywhere and learns nothing, so the demo first teaches the model the answer
-format and some arithmetic. The phase is deliberately short: the model ends well above 0% and well below 100% greedy
-accuracy, leaving room for GRPO/iGRPO to improve it.
+format and the arithmetic, by imitating the teacher of ``teacher.py``: it works half of the problems out and answers
+the other half directly, and it refines a previous attempt by building on it. The warm start therefore computes well
+when it works a problem out but often does not: the room that RL has to improve it.
 """
 
 from __future__ import annotations
@@ -28,49 +29,65 @@ from nemo_igrpo.data.prompts import build_messages, encode_messages
 from nemo_igrpo.data.synthetic import generate_splits, is_correct
 from nemo_igrpo.data.tokenizer import build_demo_tokenizer
 from nemo_igrpo.demo.model import demo_model_config
+from nemo_igrpo.demo.teacher import direct_solution, near_miss, parse_steps, slipped_steps, worked_solution
+from nemo_igrpo.errors import OutputExistsError
 
-# About 0.3 s a step on 2 idle CPU cores, so SFT stays near 90 s. With the task defaults of 2-4 ops / values <= 99,
-# 300 steps gave loss 0.19 and only 5% greedy test accuracy; the task defaults were made easier for that reason.
-DEFAULT_STEPS = 300
+# Measured on the demo task (conf/demo_*.yaml: operands <= 9, values <= 30) with half the answers direct: 400 steps
+# left the worked answers right only 24% of the time (the arithmetic facts were not learned yet), 600 steps 83%
+# (greedy), which is what makes "work it out" worth learning for RL. See docs/demo.md.
+DEFAULT_STEPS = 600
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 3e-3
+# Share of single-shot examples the teacher answers without working (teacher.direct_solution).
+DEFAULT_DIRECT_FRACTION = 0.5
 SUMMARY_FILE = "sft_summary.json"
 
 
-def _encode_examples(tokenizer, records, data_cfg: DataConfig) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids) per record; the target is the worked solution followed by EOS."""
+def _encode_examples(tokenizer, records, data_cfg: DataConfig, direct_fraction: float = 0.0,
+                     seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids) per record; the target is the teacher's answer followed by EOS: the worked solution,
+    or for about ``direct_fraction`` of the records a direct answer (``teacher.direct_solution``)."""
+    rng = random.Random(f"sft-direct-{seed}")
     out = []
     for rec in records:
         prompt = encode_messages(tokenizer, build_messages(rec["problem"], data_cfg.system_prompt, data_cfg.instruction))
-        target = tokenizer.encode(rec["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
+        solution = direct_solution(rec["answer"]) if rng.random() < direct_fraction else rec["solution"]
+        target = tokenizer.encode(solution, add_special_tokens=False) + [tokenizer.eos_token_id]
         out.append((prompt, target))
     return out
 
 
-def _wrong_attempt(solution: str, answer: str, rng: random.Random) -> str:
-    """The solution with its last step's result (and so the boxed answer) off by a small amount: a plausible
-    draft to be corrected."""
-    wrong = str(int(answer) + rng.choice([-3, -2, -1, 1, 2, 3]))
-    head, sep, tail = solution.rpartition(f"={answer}.")
-    if sep:
-        solution = f"{head}={wrong}.{tail}"
-    return solution.replace(f"\\boxed{{{answer}}}", f"\\boxed{{{wrong}}}")
+# What the teacher's Stage-2 examples start from: a right worked attempt, a worked attempt with one slip, or a direct
+# answer (right or wrong), roughly what the warm start's own best-of-N drafts look like.
+DRAFT_KINDS = {"right": 0.5, "slip": 0.3, "direct": 0.2}
+
+
+def _draft(rec, rng: random.Random) -> str:
+    steps = parse_steps(rec["solution"])
+    kind = rng.choices(list(DRAFT_KINDS), weights=list(DRAFT_KINDS.values()))[0]
+    if kind == "right":
+        return worked_solution(steps)
+    if kind == "slip":
+        return worked_solution(slipped_steps(steps, rng)[0])
+    answer = int(rec["answer"])
+    return direct_solution(answer if rng.random() < 0.5 else near_miss(answer, rng))
 
 
 def _encode_refinement_examples(tokenizer, records, data_cfg: DataConfig, refinement: RefinementConfig,
                                 fraction: float, seed: int) -> list[tuple[list[int], list[int]]]:
-    """iGRPO Stage-2 prompts (the single-shot prompt + a previous attempt, the recipe's template) answered with the
-    correct solution.
+    """iGRPO Stage-2 prompts (the single-shot prompt + a previous attempt, the recipe's template) answered by the
+    teacher building on the attempt.
 
-    Half of the attempts are right and half have a wrong last step, so the model learns to read the attempt and
-    check it rather than copy it: the instruction following that a real reasoning model brings to Stage 2."""
+    The attempt is right, has one arithmetic slip, or is a direct answer (``DRAFT_KINDS``). The worked answer keeps
+    the attempt's steps up to the slip and repairs it from there (it is the correct solution, which shares that
+    prefix), so the model learns to read the attempt and check it, not to ignore it. Shown an attempt, the teacher
+    always works the problem through (it never answers a refinement directly)."""
     rng = random.Random(f"sft-refinement-{seed}")
     out = []
     for rec in records:
         if rng.random() >= fraction:
             continue
-        draft = rec["solution"] if rng.random() < 0.5 else _wrong_attempt(rec["solution"], rec["answer"], rng)
-        draft_ids = tokenizer.encode(draft, add_special_tokens=False)
+        draft_ids = tokenizer.encode(_draft(rec, rng), add_special_tokens=False)
         single_shot = build_messages(rec["problem"], data_cfg.system_prompt, data_cfg.instruction)
         messages = build_refinement_messages(single_shot, draft_ids, tokenizer.decode, refinement)
         target = tokenizer.encode(rec["solution"], add_special_tokens=False) + [tokenizer.eos_token_id]
@@ -118,7 +135,8 @@ def run_sft(
     overwrite: bool = False,
     log_every: int = 0,
     refinement: RefinementConfig | None = None,
-    refinement_fraction: float = 0.5,
+    refinement_fraction: float = 1.0,
+    direct_fraction: float = DEFAULT_DIRECT_FRACTION,
 ) -> dict[str, Any]:
     """Build the demo tokenizer, data and tiny Llama, train it for ``steps`` AdamW steps and save an HF model dir.
 
@@ -126,8 +144,10 @@ def run_sft(
     ``sft_summary.json``; it is written as ``<output_dir>.tmp`` and renamed, so it is either complete or absent. The
     data splits go to ``data_dir`` (default ``<output_dir>/data``) as train/validation/test.jsonl. ``eval_limit``
     test problems (None: all, 0: skip) are decoded greedily afterwards to report accuracy. With ``refinement`` (the
-    iGRPO recipe's template), about ``refinement_fraction`` of the training problems also appear as Stage-2 prompts
-    with a previous attempt (see ``_encode_refinement_examples``). Returns the summary:
+    iGRPO recipe's template), about ``refinement_fraction`` of the training problems (default: all) also appear as
+    Stage-2 prompts with a previous attempt (see ``_encode_refinement_examples``; with half of them, 600 steps left
+    the refinement copying a right attempt only 43% of the time, with all of them 84%). ``direct_fraction`` of the single-shot examples
+    are answered without working (``teacher.direct_solution``; 0 gives the plain worked teacher). Returns the summary:
     model_dir, data files, steps, seed, final_loss, train_seconds, test_accuracy, num_parameters.
     """
     from transformers import GenerationConfig, LlamaForCausalLM
@@ -135,7 +155,7 @@ def run_sft(
     t_start = time.perf_counter()
     output_dir = Path(output_dir)
     if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists (pass overwrite=True / --overwrite to replace it)")
+        raise OutputExistsError(f"{output_dir} exists (pass overwrite=True / --overwrite to replace it)")
     data_cfg = data_config or DataConfig()
     tmp = output_dir.with_name(output_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -143,7 +163,7 @@ def run_sft(
 
     splits = generate_splits(data_cfg.synthetic)
     tokenizer = build_demo_tokenizer(tmp)
-    train = _encode_examples(tokenizer, splits["train"], data_cfg)
+    train = _encode_examples(tokenizer, splits["train"], data_cfg, direct_fraction, seed)
     if refinement is not None:
         train += _encode_refinement_examples(tokenizer, splits["train"], data_cfg, refinement, refinement_fraction,
                                              seed)
@@ -219,6 +239,7 @@ def run_sft(
         "lr": lr,
         "num_examples": len(train),
         "refinement_examples": refinement is not None,
+        "direct_fraction": direct_fraction,
         "final_loss": ema,
         "train_seconds": round(train_seconds, 2),
         "test_accuracy": accuracy,
@@ -255,6 +276,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order seed")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
+    p.add_argument("--direct-fraction", type=float, default=DEFAULT_DIRECT_FRACTION,
+                   help="share of single-shot examples the teacher answers without working "
+                        f"(default {DEFAULT_DIRECT_FRACTION}; 0: always worked)")
     p.add_argument("--data-dir", default=None, help="where to write train/validation/test.jsonl (default OUTPUT/data)")
     p.add_argument("--task-seed", type=int, default=None, help="seed of the synthetic task (default: DataConfig's)")
     p.add_argument("--eval-limit", type=int, default=None, help="test problems to score greedily (0: skip; default all)")
@@ -276,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_sft(
         args.output, steps=args.steps, seed=args.seed, data_config=data_cfg, data_dir=args.data_dir,
         batch_size=args.batch_size, lr=args.lr, eval_limit=args.eval_limit, overwrite=args.overwrite,
-        log_every=max(1, args.steps // 10), refinement=refinement,
+        log_every=max(1, args.steps // 10), refinement=refinement, direct_fraction=args.direct_fraction,
     )
     print(json.dumps(summary, indent=2))
     return 0

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from nemo_igrpo.errors import InputNotFoundError
+
 ACCURACY_KEY = "val/accuracy"
 TOKENS_KEY = "tokens/generated"
 ENTROPY_KEY = "entropy"
@@ -172,7 +174,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     metrics_file = path / "metrics.jsonl"
     if not metrics_file.is_file():
-        raise FileNotFoundError(f"{path}: no metrics.jsonl (is this a training run directory?)")
+        raise InputNotFoundError(f"{path}: no metrics.jsonl (is this a training run directory?)")
     config = None
     if (path / "config.yaml").is_file():
         import yaml

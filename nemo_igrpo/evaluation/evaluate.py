@@ -37,6 +37,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -271,6 +272,7 @@ def _check_fingerprint(path: Path, fingerprint: dict, write: bool = True) -> Non
     would mix two evaluations); write the fingerprint on first use (``write``)."""
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
+        old.setdefault("extraction", "boxed")  # written before the key existed, when every evaluation graded boxes
         if old != fingerprint:
             diff = sorted(key for key in set(old) | set(fingerprint) if old.get(key) != fingerprint.get(key))
             if "model" in diff:
@@ -282,7 +284,7 @@ def _check_fingerprint(path: Path, fingerprint: dict, write: bool = True) -> Non
                     "directory"
                 )
             raise ValueError(
-                f"{path.parent}: existing samples were drawn with different settings ({', '.join(diff)}); "
+                f"{path.parent}: existing samples were drawn or graded with different settings ({', '.join(diff)}); "
                 "use a new --output directory or delete the old one"
             )
         return
@@ -522,7 +524,7 @@ def summary_markdown(summary: dict) -> str:
             "",
             f"Sampling: temperature {p.get('temperature')}, top-p {p.get('top_p')}, "
             f"max new tokens {p.get('max_new_tokens')}, seed {p.get('seed')}; prompt: {preset} "
-            f"({json.dumps(p.get('prompt'))}).",
+            f"({json.dumps(p.get('prompt'))}); answers graded with {p.get('extraction', 'boxed')} extraction.",
         ]
     identity = summary.get("identity") or {}
     if identity:
@@ -622,6 +624,7 @@ def protocol_from_args(args: argparse.Namespace) -> EvalProtocol:
         problems_per_call=args.problems_per_call,
         max_batch_sequences=args.max_batch_sequences,
         limit=args.limit,
+        extraction=args.extraction,
     )
 
 
@@ -720,20 +723,50 @@ def _report(summary: dict, shard: tuple[int, int]) -> int:
     return 0
 
 
+def validated_inputs(args: argparse.Namespace):
+    """Everything ``igrpo evaluate`` reads from the user, checked before a model is loaded: the sampling protocol and
+    shard, the model directory (config and safetensors headers), the tokenizer directory and the dataset files (every
+    line). Returns ``(protocol, shard, names, datasets, model_dir)`` (the last two None with --from-nemo-skills). Any
+    problem is a ``UserError`` naming the flag, file or line."""
+    from nemo_igrpo.backends.conversion.hf_io import check_config_json, check_safetensors_files, hf_weight_files
+    from nemo_igrpo.errors import UserError, require_local_dir
+
+    try:
+        protocol = protocol_from_args(args)
+        protocol.validate()
+        shard = parse_shard(args.shard)
+        names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+        if not names:
+            raise ValueError(f"--datasets {args.datasets!r}: no dataset named")
+        if args.from_nemo_skills:
+            return protocol, shard, names, None, None
+        if not args.model:
+            raise ValueError("--model is required (or --from-nemo-skills DIR)")
+        require_local_dir(args.model, "--model")
+        model_dir = check_hf_model_dir(args.model)
+        if args.tokenizer:
+            require_local_dir(args.tokenizer, "--tokenizer")
+        paths = resolve_datasets(names, parse_data_flags(args.data))
+        datasets = {name: load_records(path) for name, path in paths.items()}
+    except (ValueError, OSError) as err:  # the validators above raise these, each naming its flag or file
+        if isinstance(err, UserError):
+            raise
+        # EvalProtocol names its fields; say the flag the user typed (protocol.max_new_tokens -> --max-new-tokens).
+        msg = re.sub(r"\bprotocol\.(\w+)", lambda m: "--" + m.group(1).replace("_", "-")
+                     if hasattr(args, m.group(1)) else m.group(0), str(err))
+        raise UserError(msg) from None
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise UserError(f"--output {args.output}: exists and is not a directory")
+    check_config_json(model_dir / "config.json")
+    check_safetensors_files(hf_weight_files(model_dir))
+    return protocol, shard, names, datasets, model_dir
+
+
 def run(args: argparse.Namespace) -> int:
     """``igrpo evaluate``."""
-    protocol = protocol_from_args(args)
-    protocol.validate()
-    shard = parse_shard(args.shard)
-    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    protocol, shard, names, datasets, model_dir = validated_inputs(args)
     if args.from_nemo_skills:
         return run_from_nemo_skills(args, names, protocol)
-    if not args.model:
-        print("error: --model is required (or --from-nemo-skills DIR)", file=sys.stderr)
-        return 2
-    paths = resolve_datasets(names, parse_data_flags(args.data))
-    datasets = {name: load_records(path) for name, path in paths.items()}
-    model_dir = check_hf_model_dir(args.model)
     identity = model_identity(model_dir)
     from transformers import AutoTokenizer
 
@@ -742,7 +775,7 @@ def run(args: argparse.Namespace) -> int:
         check_output_matches(args.output, datasets, protocol, identity, shard[1])
         check_context_length(model_dir, tokenizer, datasets, protocol)
         generator = None if args.merge else build_generator(args, model_dir, tokenizer)
-        with build_grader(args.grader_workers, args.grader_timeout, args.extraction) as grader:
+        with build_grader(args.grader_workers, args.grader_timeout, protocol.extraction) as grader:
             summary = evaluate_model(
                 generator, tokenizer, datasets, protocol, args.output, grader,
                 stop_token_ids=stop_token_ids_for(model_dir, tokenizer), model_name=str(model_dir), shard=shard,
@@ -762,7 +795,7 @@ def run_from_nemo_skills(args: argparse.Namespace, names: Sequence[str], protoco
     output_dir = Path(args.output)
     (output_dir / SAMPLES_DIR).mkdir(parents=True, exist_ok=True)
     results = {}
-    with build_grader(args.grader_workers, args.grader_timeout, args.extraction) as grader:
+    with build_grader(args.grader_workers, args.grader_timeout, protocol.extraction) as grader:
         for name in names:
             ns = nemo_skills.read_outputs(args.from_nemo_skills, name)
             k = len(ns.files)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemo_igrpo.data.config import DataConfig
+from nemo_igrpo.rewards.math_grader import EXTRACTION_MODES
 
 # NeMo-Skills' generic math prompt (nemo_skills/prompt/config/generic/math.yaml, without few-shot examples).
 NEMO_SKILLS_MATH_PROMPT = (
@@ -76,6 +77,9 @@ class EvalProtocol:
     limit: int = 0
     # Per-dataset k overrides, e.g. {"math500": 4}; wins over `k` and over K_PER_DATASET.
     k_per_dataset: dict[str, int] = field(default_factory=dict)
+    # Where the grader takes the final answer from (reward.grading.extraction: "boxed" or "full"). Samples are graded
+    # as they are written, so a resumed evaluation must grade the same way (it is part of the fingerprint).
+    extraction: str = "boxed"
 
     def k_for(self, dataset: str) -> int:
         """Samples per problem for ``dataset``: the per-dataset override, else ``k``, else the NeMo-Skills default."""
@@ -102,6 +106,8 @@ class EvalProtocol:
             raise ValueError("protocol.problems_per_call and protocol.max_batch_sequences must be >= 0 (0: no limit)")
         if self.limit < 0:
             raise ValueError(f"protocol.limit must be >= 0, got {self.limit}")
+        if self.extraction not in EXTRACTION_MODES:
+            raise ValueError(f"protocol.extraction must be one of {list(EXTRACTION_MODES)}, got {self.extraction!r}")
         if PROBLEM_PLACEHOLDER not in self.prompt:
             raise ValueError(f"protocol.prompt must contain {PROBLEM_PLACEHOLDER} (or be one of "
                              f"{sorted(PROMPT_PRESETS)}), got {self.prompt!r}")

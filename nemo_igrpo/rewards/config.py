@@ -18,7 +18,8 @@ class JudgeConfig:
     model: str = ""
     # Name of the environment variable that holds the API key (the key itself never goes into a config or a log).
     api_key_env: str = "JUDGE_API_KEY"
-    # Per-request HTTP timeout in seconds.
+    # Deadline of one request in seconds, from connecting to the last byte of the reply (a server that trickles its
+    # reply is cut off here, not after timeout_s of silence per read).
     timeout_s: float = 60.0
     # Retries after a failed request (connection error, timeout, HTTP 429 or 5xx); other 4xx are not retried.
     max_retries: int = 3
@@ -30,6 +31,13 @@ class JudgeConfig:
     max_tokens: int = 512
     # Sampling temperature of the judge (0: deterministic verdicts).
     temperature: float = 0.0
+    # Largest reply accepted, in bytes (a judge's verdict is a few KB); a larger one is cut off and scores 0.
+    max_reply_bytes: int = 1_000_000
+    # Circuit breaker: after this many failed requests in a row (no answer, timeout, HTTP error, redirect, oversized
+    # reply) the endpoint counts as down. Until breaker_cooldown_s has passed, every score is 0 without a request
+    # (counted in stats.skipped, logged once); then one request probes it again. 0 disables the breaker.
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 60.0
 
 
 @dataclass

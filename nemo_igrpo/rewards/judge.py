@@ -5,25 +5,32 @@ Reply format the judge must follow (it is told so in the prompt): free-form reas
 A reply without a parsable score, a score outside [0, 1], or a request that still fails after the retries scores 0
 and increments ``stats.errors``: the judge can only withhold reward, never crash the step.
 
-Standard library only (``urllib``): the judge runs inside the trainer and must not pull in an HTTP client stack.
+The endpoint is not trusted to behave. Each request has a total deadline (``timeout_s``, from connecting to the last
+byte: a server that trickles its reply is cut off), a reply-size cap (``max_reply_bytes``, read in chunks), and no
+redirect is followed: a 3xx would send the API key, and take the score, from whatever server the ``Location`` names.
+A circuit breaker stops calling an endpoint after ``breaker_failures`` failed requests in a row: scores are 0 without
+a request (``stats.skipped``), logged once, until ``breaker_cooldown_s`` has passed and one request probes it again.
+
+Standard library only (``http.client``): the judge runs inside the trainer and must not pull in an HTTP client stack.
 The API key is read from the environment variable named in ``JudgeConfig.api_key_env`` at request time; it is never
 stored in an attribute that a repr or a config dump would show, and never logged.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
 import os
 import re
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
+from urllib.parse import urlsplit
 
 from nemo_igrpo.rewards.config import JudgeConfig
 
@@ -81,10 +88,56 @@ class JudgeStats:
     requests: int = 0
     retries: int = 0
     errors: int = 0
+    # Responses scored 0 without a request because the circuit breaker held the endpoint for down.
+    skipped: int = 0
+    # Times the breaker opened.
+    breaker_opened: int = 0
 
 
 class _RetryableError(Exception):
     pass
+
+
+class _EndpointDown(Exception):
+    """The circuit breaker is open: no request is made."""
+
+
+class CircuitBreaker:
+    """Consecutive-failure breaker: ``allow()`` is False while open; after ``cooldown_s`` it lets one probe through
+    (half-open), whose success closes it and whose failure opens it again. Thread-safe."""
+
+    def __init__(self, failures: int, cooldown_s: float, clock=time.monotonic) -> None:
+        self.threshold = failures
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._consecutive = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._open_until is None:
+                return True
+            if self._probing or self._clock() < self._open_until:
+                return False
+            self._probing = True  # half-open: this caller probes, the others keep getting False
+            return True
+
+    def record(self, ok: bool) -> bool:
+        """Count a request's outcome; True when this failure opened the breaker."""
+        with self._lock:
+            self._probing = False
+            if ok:
+                self._consecutive = 0
+                self._open_until = None
+                return False
+            self._consecutive += 1
+            if self.threshold <= 0 or self._consecutive < self.threshold:
+                return False
+            was_open = self._open_until is not None
+            self._open_until = self._clock() + self.cooldown_s
+            return not was_open
 
 
 class OpenAIJudge(JudgeInterface):
@@ -95,8 +148,14 @@ class OpenAIJudge(JudgeInterface):
             raise ValueError("JudgeConfig.base_url is empty: no judge endpoint to call")
         self.config = config
         self.url = config.base_url.rstrip("/") + "/chat/completions"
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"reward.judge.base_url must be an http:// or https:// URL, got {config.base_url!r}")
+        self._scheme, self._host, self._port = parts.scheme, parts.hostname, parts.port
+        self._path = parts.path + (f"?{parts.query}" if parts.query else "")
         self.stats = JudgeStats()
         self._stats_lock = threading.Lock()
+        self._breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s)
         self._pool = ThreadPoolExecutor(max_workers=max(1, config.concurrency), thread_name_prefix="judge")
 
     def close(self) -> None:
@@ -117,6 +176,9 @@ class OpenAIJudge(JudgeInterface):
         try:
             reply = self._complete(USER_TEMPLATE.format(problem=problem, gold=gold,
                                                         response=str(response)[-MAX_RESPONSE_CHARS:]))
+        except _EndpointDown:
+            self._count("skipped")
+            return 0.0
         except Exception as err:  # noqa: BLE001 - a failed judge call is a 0, never a failed step
             self._count("errors")
             log.warning("judge request failed: %s", _describe(err))
@@ -141,36 +203,100 @@ class OpenAIJudge(JudgeInterface):
         if key:
             headers["Authorization"] = f"Bearer {key}"
         delay = cfg.backoff_s
+        last_error: Exception | None = None
         for attempt in range(cfg.max_retries + 1):
             if attempt:
-                self._count("retries")
                 time.sleep(min(delay, 30.0))
                 delay *= 2
+            if not self._breaker.allow():
+                if last_error is not None:  # this response was sent and failed: an error, not a skip
+                    raise last_error
+                raise _EndpointDown()
+            if attempt:
+                self._count("retries")
             self._count("requests")
             try:
-                return self._post(body, headers)
-            except _RetryableError:
-                if attempt == cfg.max_retries:
-                    raise
+                payload = self._post(body, headers)
+            except Exception as err:
+                last_error = err
+                if self._breaker.record(ok=False):
+                    self._count("breaker_opened")
+                    log.warning("judge endpoint %s://%s%s failed %d requests in a row (last: %s): scoring 0 without "
+                                "calling it for %.0f s (counted in judge stats.skipped)", self._scheme, self._host,
+                                f":{self._port}" if self._port else "", cfg.breaker_failures, _describe(err),
+                                cfg.breaker_cooldown_s)
+                if isinstance(err, _RetryableError) and attempt < cfg.max_retries:
+                    continue
+                raise
+            self._breaker.record(ok=True)
+            try:
+                return str(payload["choices"][0]["message"]["content"] or "")
+            except (KeyError, IndexError, TypeError):
+                raise RuntimeError("reply has no choices[0].message.content") from None
         raise AssertionError("unreachable")
 
-    def _post(self, body: bytes, headers: dict[str, str]) -> str:
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+    def _connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                               context=ssl.create_default_context())
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def _post(self, body: bytes, headers: dict[str, str]) -> object:
+        """One POST; the parsed JSON reply. Raises ``_RetryableError`` for what a retry may fix."""
+        cfg = self.config
+        conn = self._connection(cfg.timeout_s)
+        # The deadline covers the whole exchange: when it passes, the socket is shut down under whatever read or
+        # write is blocked (a per-socket timeout alone restarts at every byte a trickling server sends).
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(cfg.timeout_s, expire)
+        timer.daemon = True
+        timer.start()
         try:
-            with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
-                payload = json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            if err.code in _RETRYABLE_HTTP:
-                raise _RetryableError(f"HTTP {err.code}") from None
-            raise RuntimeError(f"HTTP {err.code} from judge endpoint") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            conn.request("POST", self._path, body=body, headers=headers)
+            resp = conn.getresponse()
+            if 300 <= resp.status < 400:
+                # Not followed: the Authorization header would go to (and the score come from) that server.
+                target = urlsplit(resp.getheader("Location") or "")
+                raise RuntimeError(f"HTTP {resp.status} redirect to {target.scheme}://{target.netloc} refused "
+                                   "(redirects are not followed; set reward.judge.base_url to the final URL)")
+            if resp.status in _RETRYABLE_HTTP:
+                raise _RetryableError(f"HTTP {resp.status}")
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status} from judge endpoint")
+            length = resp.getheader("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > cfg.max_reply_bytes:
+                raise RuntimeError(f"reply of {int(length)} bytes exceeds reward.judge.max_reply_bytes="
+                                   f"{cfg.max_reply_bytes}")
+            data = bytearray()
+            while True:
+                chunk = resp.read1(min(65536, cfg.max_reply_bytes + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > cfg.max_reply_bytes:
+                    raise RuntimeError(f"reply exceeds reward.judge.max_reply_bytes={cfg.max_reply_bytes}")
+            if expired.is_set():
+                raise _RetryableError(f"no complete reply within timeout_s={cfg.timeout_s}")
+            return json.loads(bytes(data))
+        except (TimeoutError, ConnectionError, OSError, http.client.HTTPException) as err:
+            if expired.is_set():
+                raise _RetryableError(f"no complete reply within timeout_s={cfg.timeout_s}") from None
             raise _RetryableError(_describe(err)) from None
         except ValueError:
             raise _RetryableError("reply is not JSON") from None
-        try:
-            return str(payload["choices"][0]["message"]["content"] or "")
-        except (KeyError, IndexError, TypeError):
-            raise RuntimeError("reply has no choices[0].message.content") from None
+        finally:
+            timer.cancel()
+            conn.close()
 
 
 def _describe(err: BaseException) -> str:

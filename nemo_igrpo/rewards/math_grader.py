@@ -249,6 +249,25 @@ class _Batch:
                                "error": f"batch grading budget of {self.budget:.1f} CPU s spent"})
 
 
+def limits_problem(*, num_workers: int, timeout_s: float, extraction: str, batch_budget_s_per_answer: float,
+                   batch_budget_min_s: float, hung_worker_s: float | None) -> tuple[str, str] | None:
+    """The first of ``MathGrader``'s arguments that cannot work, as (argument name, why), or None. The grader and
+    config validation (``AccuracyReward.check_config``, which names the ``reward.*`` keys) both ask this."""
+    if num_workers < 1:
+        return "num_workers", f"must be >= 1, got {num_workers}"
+    if not timeout_s > 0:
+        return "timeout_s", f"must be > 0, got {timeout_s}"
+    if extraction not in EXTRACTION_MODES:
+        return "extraction", f"must be one of {list(EXTRACTION_MODES)}, got {extraction!r}"
+    if batch_budget_s_per_answer < 0:
+        return "batch_budget_s_per_answer", f"must be >= 0, got {batch_budget_s_per_answer}"
+    if batch_budget_min_s < 0:
+        return "batch_budget_min_s", f"must be >= 0, got {batch_budget_min_s}"
+    if hung_worker_s is not None and not hung_worker_s > timeout_s:
+        return "hung_worker_s", f"must be > the per-item limit timeout_s ({timeout_s}), got {hung_worker_s}"
+    return None
+
+
 class MathGrader:
     """Grades responses against gold answers with math-verify in ``num_workers`` processes.
 
@@ -265,18 +284,13 @@ class MathGrader:
                  max_answer_chars: int = MAX_ANSWER_CHARS, extraction: str = "boxed",
                  batch_budget_s_per_answer: float = 0.25, batch_budget_min_s: float = 30.0,
                  hung_worker_s: float | None = None) -> None:
-        if num_workers < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if extraction not in EXTRACTION_MODES:
-            raise ValueError(f"extraction must be one of {list(EXTRACTION_MODES)}, got {extraction!r}")
-        if batch_budget_s_per_answer < 0 or batch_budget_min_s < 0:
-            raise ValueError("batch_budget_s_per_answer and batch_budget_min_s must be >= 0")
+        problem = limits_problem(num_workers=num_workers, timeout_s=timeout_s, extraction=extraction,
+                                 batch_budget_s_per_answer=batch_budget_s_per_answer,
+                                 batch_budget_min_s=batch_budget_min_s, hung_worker_s=hung_worker_s)
+        if problem:
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         if hung_worker_s is None:
             hung_worker_s = max(HUNG_WORKER_MIN_S, HUNG_WORKER_TIMEOUTS * timeout_s)
-        if not hung_worker_s > timeout_s:
-            raise ValueError(f"hung_worker_s ({hung_worker_s}) must be > timeout_s ({timeout_s})")
         self.num_workers = num_workers
         self.timeout_s = float(timeout_s)
         self.memory_mb = int(memory_mb)

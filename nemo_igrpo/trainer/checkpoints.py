@@ -1,8 +1,15 @@
-"""Checkpoint directories that are either complete or absent.
+"""Checkpoint directories that are either complete or absent, and the output directory that holds one run.
 
 A checkpoint is written into ``checkpoints/.step_000010.partial`` and renamed to ``checkpoints/step_000010`` only after
 every rank has finished writing and the trainer state is on disk; ``os.rename`` of a directory is atomic on POSIX, so a
 process killed mid-save leaves at most a ``.partial`` directory, which resume ignores and the next save replaces.
+
+A complete checkpoint can still be damaged later (a full disk, a copy cut short). Resume then falls back to the
+newest intact one, and the damaged one is renamed ``step_000010.damaged`` so that it is kept for inspection but
+neither found by a later resume nor counted by retention.
+
+An output directory holds one run. A fresh start (``trainer.resume=false``) into a directory that already holds a run
+is refused before anything in it is touched, unless ``trainer.overwrite=true`` says to delete that run first.
 """
 
 from __future__ import annotations
@@ -14,12 +21,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nemo_igrpo.errors import DamagedFileError, UserError
+
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 TRAINER_STATE = "trainer_state.json"
 
 # Keys that may change between the run that wrote a checkpoint and the run that resumes it.
 RESUMABLE_CHANGES = (
-    "trainer.resume", "trainer.force_resume", "trainer.max_steps", "trainer.save_every", "trainer.keep_checkpoints",
+    "trainer.resume", "trainer.force_resume", "trainer.overwrite", "trainer.max_steps", "trainer.save_every", "trainer.keep_checkpoints",
     "trainer.validate_every", "trainer.progress_bar", "trainer.tensorboard", "trainer.wandb", "trainer.wandb_project",
     "trainer.output_dir", "reward.num_workers", "generation.batch_size", "policy.micro_batch_size",
     "policy.tensor_model_parallel_size", "policy.pipeline_model_parallel_size", "policy.model_path",
@@ -27,8 +36,77 @@ RESUMABLE_CHANGES = (
 )
 
 
-class ResumeError(RuntimeError):
-    pass
+class ResumeError(UserError, RuntimeError):
+    """Resuming would continue a different run (config or model differ), or no checkpoint can be loaded."""
+
+
+class OutputDirError(UserError):
+    """A fresh run was pointed at a directory that holds another run."""
+
+
+# What a run writes into its output directory (the logger, the checkpoints, the final export, the config dump).
+RUN_ARTIFACTS = ("metrics.jsonl", "checkpoints", "tensorboard", "hf", "config.yaml", "wandb_run_id.txt")
+
+
+def existing_run_artifacts(output_dir: str | Path) -> list[str]:
+    """The names in ``output_dir`` that a run wrote (empty directories and empty files do not count)."""
+    out = Path(output_dir)
+    found = []
+    for name in RUN_ARTIFACTS:
+        p = out / name
+        if (p.is_dir() and any(p.iterdir())) or (p.is_file() and p.stat().st_size > 0):
+            found.append(name)
+    return found
+
+
+def output_dir_refusal(output_dir: str | Path, resume: bool, overwrite: bool) -> str | None:
+    """Why a run may not start in ``output_dir`` (None: it may). Reads only; a refused start changes nothing."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        return f"config key 'trainer.output_dir': {str(out)!r} exists and is not a directory"
+    if resume or overwrite:
+        return None
+    found = existing_run_artifacts(out)
+    if not found:
+        return None
+    return (f"config key 'trainer.output_dir': {str(out)!r} already holds a run ({', '.join(found)}); nothing was "
+            "changed. Continue it with trainer.resume=true, replace it with trainer.overwrite=true, or choose "
+            "another trainer.output_dir")
+
+
+def remove_run_artifacts(output_dir: str | Path) -> list[str]:
+    """``trainer.overwrite=true``: delete what an earlier run wrote into ``output_dir`` (nothing else); returns the
+    names removed. Rank 0 only."""
+    out = Path(output_dir)
+    removed = []
+    for name in RUN_ARTIFACTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+            removed.append(name)
+        elif p.exists():
+            p.unlink()
+            removed.append(name)
+    return removed
+
+
+def read_trainer_state(step_dir: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint, checked for the keys resume needs; ``DamagedFileError`` naming the
+    file when it is not valid JSON or lacks them."""
+    path = Path(step_dir) / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DamagedFileError(f"{path}: missing") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(state, dict):
+        raise DamagedFileError(f"{path}: expected a JSON object, got {type(state).__name__}")
+    for key, kind in (("step", int), ("sampler", dict), ("config", dict)):
+        if not isinstance(state.get(key), kind):
+            raise DamagedFileError(f"{path}: '{key}' is missing or not a{'n' if kind is int else ''} "
+                                   f"{kind.__name__}")
+    return state
 
 
 def step_dir_name(step: int) -> str:
@@ -85,6 +163,18 @@ class CheckpointDirectory:
     def latest(self) -> Path | None:
         steps = self.complete_steps()
         return self.root / step_dir_name(steps[-1]) if steps else None
+
+    def set_aside(self, step: int) -> Path:
+        """Rename a damaged checkpoint to ``step_N.damaged`` (kept, but no longer complete). Rank 0 only."""
+        src = self.root / step_dir_name(step)
+        dst = self.root / f"{step_dir_name(step)}.damaged"
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = self.root / f"{step_dir_name(step)}.damaged{n}"
+        os.rename(src, dst)
+        _fsync_dir(self.root)
+        return dst
 
     def prune(self, keep: int) -> None:
         """Delete all but the ``keep`` newest complete checkpoints (0 keeps all)."""

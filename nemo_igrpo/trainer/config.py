@@ -7,9 +7,12 @@ from dataclasses import dataclass
 
 @dataclass
 class TrainerConfig:
-    # Results directory: metrics.jsonl, TensorBoard events, checkpoints/, the resolved config.
+    # Results directory: metrics.jsonl, TensorBoard events, checkpoints/, hf/, the resolved config. It holds one run: a
+    # fresh start into a directory that already holds one is refused unless trainer.resume or trainer.overwrite is set.
     output_dir: str = "runs/default"
-    # Stop after this many optimizer steps; 0 means one pass of data.num_epochs over the training prompts.
+    # Stop after this many optimizer steps; 0 means one pass of data.num_epochs over the training prompts. The LR
+    # schedule (policy.optimizer) spans this many steps: raising it on resume stretches the schedule over the new
+    # length, so the LR at the resumed step is recomputed and can go back up (a warning gives both values).
     max_steps: int = 0
     # Checkpoint every k steps (and at the end, and on a stop signal). 0: only at the end. A preemption (SIGTERM) whose
     # grace period is shorter than the step in flight loses the steps since the last checkpoint: up to save_every
@@ -23,8 +26,12 @@ class TrainerConfig:
     num_validation_prompts: int = 0
     # Validation sampling temperature; 0 is greedy.
     validation_temperature: float = 0.0
-    # Continue from the newest complete checkpoint in output_dir/checkpoints.
+    # Continue from the newest intact checkpoint in output_dir/checkpoints (a damaged newest one is set aside as
+    # step_N.damaged with a warning, and the one before it is used).
     resume: bool = False
+    # Start afresh in an output_dir that holds an earlier run, deleting that run's metrics, TensorBoard events,
+    # checkpoints, hf/ export and config dump first (other files are left alone). Off: such a start is refused.
+    overwrite: bool = False
     # Resume even when the checkpoint's model or config differ from this run's (normally refused).
     force_resume: bool = False
     # After SIGTERM/SIGINT, wait at most this many seconds for the step in flight to end and its checkpoint to be

@@ -111,3 +111,8 @@ class ColocatedLifecycle:
         """Shut the generator down (before the process groups it uses go: ``destroy_parallel(shutdown=[...])``)."""
         if self.generator is not None:
             self.generator.close()
+
+
+# The memory transitions: a stop signal must never cut one of them short (StopSignals' ``protected``).
+TRANSITIONS = tuple(method.__code__ for method in (ColocatedLifecycle.refit, ColocatedLifecycle.begin_generation,
+                                                   ColocatedLifecycle.end_generation))

@@ -28,9 +28,12 @@ from nemo_igrpo.config import Config, ConfigError, to_dict, to_yaml
 from nemo_igrpo.data.sampler import PromptSampler
 from nemo_igrpo import seeding
 from nemo_igrpo.trainer.batching import masked_mean, pack_sequences
-from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, check_resume_compatible
+from nemo_igrpo.errors import DamagedFileError
+from nemo_igrpo.trainer.checkpoints import (CheckpointDirectory, OutputDirError, ResumeError, check_resume_compatible,
+                                            output_dir_refusal, read_trainer_state, remove_run_artifacts,
+                                            step_dir_name)
 from nemo_igrpo.trainer.data import load_prompt_splits
-from nemo_igrpo.trainer.lifecycle import ColocatedLifecycle
+from nemo_igrpo.trainer.lifecycle import TRANSITIONS, ColocatedLifecycle
 from nemo_igrpo.trainer.memory_plan import sequence_budget
 from nemo_igrpo.trainer.metrics_logger import MetricsLogger
 from nemo_igrpo.trainer.provenance import write_provenance
@@ -142,25 +145,50 @@ class Trainer:
                 "consecutive_nonfinite": self.consecutive_nonfinite}
 
     def maybe_resume(self) -> None:
-        import json
-
+        """Continue from the newest intact checkpoint. A damaged one (truncated shard, broken trainer_state.json) is
+        reported with the file it names, set aside as ``step_N.damaged``, and the one before it is tried; a checkpoint
+        of a different run (config, model) is refused, not skipped."""
         if not self.cfg.trainer.resume:
             return
-        latest = self.checkpoints.latest()
-        if latest is None:
+        steps = self.checkpoints.complete_steps()
+        if not steps:
             if self.is_rank0:
                 log.warning("trainer.resume=true but no complete checkpoint in %s: starting from scratch",
                             self.checkpoints.root)
             return
-        state = json.loads((latest / "trainer_state.json").read_text())
-        check_resume_compatible(state, to_dict(self.cfg), model_fingerprint(self.hf_config),
-                                self.cfg.trainer.force_resume)
-        self.policy.load_checkpoint(str(latest / "policy"))
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(steps):
+            ckpt = self.checkpoints.root / step_dir_name(step)
+            try:
+                state = read_trainer_state(ckpt)
+                check_resume_compatible(state, to_dict(self.cfg), model_fingerprint(self.hf_config),
+                                        self.cfg.trainer.force_resume)
+                self.policy.load_checkpoint(str(ckpt / "policy"))
+            except DamagedFileError as err:
+                damaged.append((step, str(err)))
+                if self.is_rank0:
+                    log.warning("checkpoint %s is damaged: %s; trying the previous one", ckpt, err)
+                continue
+            break
+        else:
+            raise ResumeError(f"trainer.resume=true: no intact checkpoint in {self.checkpoints.root}:\n  - "
+                              + "\n  - ".join(f"{step_dir_name(s)}: {why}" for s, why in damaged))
         self.sampler.load_state_dict(state["sampler"])
         self.step = int(state["step"])
         self.consecutive_nonfinite = int(state.get("consecutive_nonfinite", 0))
+        collectives.barrier()  # every rank has finished reading before rank 0 renames anything
         if self.is_rank0:
-            log.info("resumed from %s (step %d)", latest, self.step)
+            for bad_step, _ in damaged:
+                log.warning("set aside damaged checkpoint %s", self.checkpoints.set_aside(bad_step))
+            log.info("resumed from %s (step %d)%s", ckpt, self.step,
+                     f", not from the newest: {len(damaged)} newer checkpoint(s) damaged" if damaged else "")
+            saved_max = state["config"].get("trainer", {}).get("max_steps")
+            if saved_max != self.cfg.trainer.max_steps:
+                next_lr = getattr(self.policy, "lr", None)
+                log.warning("trainer.max_steps changed from %s to %s on resume: the learning-rate schedule now spans "
+                            "%d steps, so from step %d on the LR follows the new schedule%s instead of continuing the "
+                            "old one (it can go back up)", saved_max, self.cfg.trainer.max_steps, self.total_steps,
+                            self.step + 1, f" ({next_lr:.3g} for the next update)" if next_lr is not None else "")
 
     def save_checkpoint(self) -> None:
         if self.is_rank0:
@@ -254,6 +282,17 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         cfg = self.cfg.trainer
+        # Rank 0 decides for all (it is the one that writes here), before anything in the directory is touched.
+        refusal = output_dir_refusal(self.output_dir, cfg.resume, cfg.overwrite) if self.is_rank0 else None
+        refusal = collectives.broadcast_from_rank0(refusal)
+        if refusal is not None:
+            raise OutputDirError(refusal)
+        if self.is_rank0 and cfg.overwrite:
+            removed = remove_run_artifacts(self.output_dir)
+            if removed:
+                log.warning("trainer.overwrite=true: deleted the earlier run's %s in %s", ", ".join(removed),
+                            self.output_dir)
+        collectives.barrier()
         self.maybe_resume()
         if self.is_rank0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +305,8 @@ class Trainer:
         # Signals (stop_signals.py): USR1 saves after the step, TERM/INT save as soon as the policy can. Only a single
         # process may abandon a step mid-way (no peer can be left waiting in a collective), and only in the rollouts.
         single = self.layout.world_size == 1
-        stop = StopSignals(cfg.preemption_grace_s, abandonable=(Trainer._rollouts.__code__,) if single else ())
+        stop = StopSignals(cfg.preemption_grace_s, abandonable=(Trainer._rollouts.__code__,) if single else (),
+                           protected=TRANSITIONS)
         stop.saved(self.step)  # a resumed run's checkpoint, or step 0: nothing to save yet
         stop.step_rolled_back(self.step)
         last: dict[str, float] = {}

@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from nemo_igrpo.errors import env_int
 from nemo_igrpo.trainer.provenance import CODE_VERSION_ENV, code_version  # noqa: F401 (re-exported)
 
 
@@ -71,7 +72,7 @@ def dry_run_world_size(args: argparse.Namespace) -> tuple[int, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nemo_igrpo.config import ConfigError, load_config
+    from nemo_igrpo.config import ConfigError, check_input_paths, load_config
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --nodes / --gpus-per-node only apply to --dry-run (a real run takes its ranks from the "
               "launcher: torchrun or srun)", file=sys.stderr)
         return 2
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+    rank = env_int("RANK", "SLURM_PROCID", default=0)
+    check_input_paths(cfg)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
                         format=f"[%(asctime)s rank{rank}] %(levelname)s %(name)s: %(message)s")
     import nemo_igrpo

@@ -10,6 +10,8 @@ what megatron-core allocates:
 * gradients: Megatron DDP's main-grad buffer, fp32 (``grad_reduce_in_fp32``): 4 bytes per parameter;
 * optimizer state: Adam's two moments, fp32, plus an fp32 master copy when training in bf16 (8 or 12 bytes per
   parameter), divided by DP with the distributed optimizer;
+* KL reference (``algorithm.kl_coef`` > 0): a copy of this rank's weights, on the device for the whole run unless
+  ``policy.reference_offload`` keeps it in host memory (``backends/policy/reference.py``);
 * activations: the tensors a training micro-batch saves for its backward pass, from the operations megatron-core's
   local layers run (``training_activation_bytes``; the test measures them on a tiny model). With Transformer Engine on
   GPU the score matrix is never stored (flash attention): that variant is an estimate until measured on a GPU;
@@ -29,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from nemo_igrpo.algorithms.igrpo import TRUNCATION_MARKER
-from nemo_igrpo.backends.policy.architecture import (ATTENTION, ArchitectureError, ParameterTensor, field, is_hybrid,
-                                                     layer_pattern, num_heads, parameter_tensors)
+from nemo_igrpo.backends.policy.architecture import (ATTENTION, MAMBA, ArchitectureError, ParameterTensor, field,
+                                                     is_hybrid, layer_pattern, num_heads, parameter_tensors)
 
 GIB = 1024**3
 # Tokens a Stage-2 prompt may have beyond its parts counted separately (tokenization at the joins of prompt, template
@@ -113,6 +115,7 @@ class ModelShape:
     attention_layers: int  # layers with a KV cache (all of them for Llama/Qwen2)
     max_position_embeddings: int
     tensors: tuple[ParameterTensor, ...]
+    pattern: str = ""  # hybrid models: the layer pattern (architecture.layer_pattern), one symbol per layer
 
     @property
     def total_params(self) -> int:
@@ -134,7 +137,7 @@ def shape_from_config(c: dict[str, Any]) -> ModelShape:
                       attention_layers=(layer_pattern(c).count(ATTENTION) if hybrid
                                         else int(field(c, "num_hidden_layers"))),
                       max_position_embeddings=int(field(c, "max_position_embeddings", 0)),
-                      tensors=tuple(parameter_tensors(c)))
+                      tensors=tuple(parameter_tensors(c)), pattern=layer_pattern(c) if hybrid else "")
 
 
 def _demo_shape() -> dict[str, Any]:
@@ -205,7 +208,8 @@ def _layer_activation_bytes(shape: ModelShape, rows: int, width: int, tp: int, e
 
 
 def saved_activation_bytes(shape: ModelShape, rows: int, width: int, *, tp: int = 1, pp: int = 1,
-                           param_bytes: int = 2, recompute: bool = False, flash: bool = False) -> int:
+                           param_bytes: int = 2, recompute: bool = False, flash: bool = False,
+                           unrecomputed_layers: int = 0) -> int:
     """Bytes a training micro-batch of ``rows`` x ``width`` tokens saves for its backward pass on the last pipeline
     stage (the one that also holds the loss), Llama/Qwen2 layers.
 
@@ -220,29 +224,42 @@ def saved_activation_bytes(shape: ModelShape, rows: int, width: int, *, tp: int 
     per predicted token) with its mask and targets, and the boolean causal mask.
 
     ``recompute`` (Megatron full recompute, one layer per checkpoint): each layer keeps its input only (and the
-    rotary table is kept once, as a checkpoint argument). ``flash`` (Transformer Engine): no score matrix, keys and
-    values stored unexpanded, the softmax statistics in fp32; an estimate, not measured.
+    rotary table is kept once, as a checkpoint argument), except ``unrecomputed_layers`` of them, which keep all their
+    activations (Nemotron-H's Mamba layers, see ``recompute_exempt_layers``). ``flash`` (Transformer Engine): no score
+    matrix, keys and values stored unexpanded, the softmax statistics in fp32; an estimate, not measured.
     """
     e = param_bytes
     tokens = rows * width
     layers = shape.layers // pp
-    if recompute:
-        kept = layers * tokens * shape.hidden * e + width * shape.head_dim * e
-    else:
-        kept = layers * _layer_activation_bytes(shape, rows, width, tp, e, flash)
+    full = min(unrecomputed_layers, layers) if recompute else layers
+    kept = full * _layer_activation_bytes(shape, rows, width, tp, e, flash)
+    if full < layers:
+        kept += (layers - full) * tokens * shape.hidden * e + width * shape.head_dim * e
     predicted = rows * (width - 1)
     final = (tokens * (3 * shape.hidden * e + 4) + tokens * (8 + (1 if tp > 1 else 0))
              + predicted * ((shape.vocab // tp) * 4 + 1 + 8) + width * width)
     return kept + final
 
 
+def recompute_exempt_layers(shape: ModelShape, pp: int) -> int:
+    """Layers of the last pipeline stage that ``policy.activation_checkpointing`` does not recompute: none for
+    GPTModel (full recompute); for the hybrid model its Mamba layers, since megatron-core 0.16.1's hybrid stack only
+    recomputes attention cores and MLPs (``backends/policy/model.recompute_settings``)."""
+    if not shape.pattern:
+        return 0
+    per_stage = len(shape.pattern) // pp
+    return shape.pattern[(pp - 1) * per_stage:].count(MAMBA)
+
+
 def training_activation_bytes(shape: ModelShape, rows: int, width: int, *, tp: int = 1, pp: int = 1,
                               param_bytes: int = 2, recompute: bool = False, flash: bool = False) -> int:
     """Peak activation memory of a training micro-batch: what it saves (``saved_activation_bytes``) and, with
     recompute, the one layer the backward pass rebuilds at a time."""
+    exempt = recompute_exempt_layers(shape, pp)
     saved = saved_activation_bytes(shape, rows, width, tp=tp, pp=pp, param_bytes=param_bytes, recompute=recompute,
-                                   flash=flash)
-    return saved + (_layer_activation_bytes(shape, rows, width, tp, param_bytes, flash) if recompute else 0)
+                                   flash=flash, unrecomputed_layers=exempt)
+    rebuilt = recompute and exempt < shape.layers // pp
+    return saved + (_layer_activation_bytes(shape, rows, width, tp, param_bytes, flash) if rebuilt else 0)
 
 
 def logprob_transient_bytes(shape: ModelShape, tokens: int, *, tp: int = 1, param_bytes: int = 2) -> int:
@@ -267,6 +284,7 @@ class MemoryPlan:
     gradients: int
     optimizer: int
     optimizer_offloaded: bool
+    reference: int  # the KL reference's copy of the weights on this GPU (0: no KL penalty, or kept in host memory)
     activations: int
     logprob_transient: int
     micro_batch: tuple[int, int]  # rows x width of the largest training micro-batch
@@ -283,14 +301,16 @@ class MemoryPlan:
 
     @property
     def training_state(self) -> int:
-        return self.weights + self.gradients + self.optimizer
+        """What the policy keeps on the GPU between phases (the KL reference included: it is never offloaded by
+        the lifecycle)."""
+        return self.weights + self.gradients + self.optimizer + self.reference
 
     def phases(self) -> dict[str, tuple[str, int]]:
-        resident = self.weights + self.gradients
+        resident = self.weights + self.gradients + self.reference
         optimizer_while_generating = 0 if self.optimizer_offloaded else self.optimizer
         return {
             "generate": ("policy weights + gradients" + ("" if self.optimizer_offloaded else " + optimizer")
-                         + " + vLLM (weights + KV cache)", resident + optimizer_while_generating + self.vllm_total),
+                         + (" + KL reference" if self.reference else "") + " + vLLM (weights + KV cache)", resident + optimizer_while_generating + self.vllm_total),
             "log-probs": ("policy state + log-prob transient (vLLM asleep)",
                           self.training_state + self.logprob_transient),
             "train": ("policy state + activations (vLLM asleep)", self.training_state + self.activations),
@@ -312,6 +332,7 @@ def build_memory_plan(cfg, shape: ModelShape, tp: int, pp: int, dp: int, gpu_byt
     optimizer = params * optimizer_bytes_per_param(e)
     if cfg.policy.optimizer.use_distributed_optimizer:
         optimizer //= dp
+    on_device_reference = cfg.algorithm.kl_coef > 0 and not cfg.policy.reference_offload
     budget = sequence_budget(cfg)
     rows, width = micro_batch_shape(cfg, budget.longest_sequence)
     activations = training_activation_bytes(shape, rows, width, tp=tp, pp=pp, param_bytes=e,
@@ -323,7 +344,8 @@ def build_memory_plan(cfg, shape: ModelShape, tp: int, pp: int, dp: int, gpu_byt
     vllm = cfg.generation.backend == "vllm"
     return MemoryPlan(
         params=params, weights=params * e, gradients=params * 4, optimizer=optimizer,
-        optimizer_offloaded=cfg.policy.offload_optimizer_during_generation, activations=activations,
+        optimizer_offloaded=cfg.policy.offload_optimizer_during_generation,
+        reference=params * e if on_device_reference else 0, activations=activations,
         logprob_transient=logprob, micro_batch=(rows, width),
         vllm_weights=vllm_weights if vllm else 0,
         vllm_total=int(cfg.generation.gpu_memory_utilization * gpu_bytes) if vllm else 0,
@@ -375,8 +397,17 @@ def memory_section(plan) -> list[str]:
         f"optimizer state         {_gib(mem.optimizer)}   {optimizer_bytes_per_param(e)} B/param"
         + (f" / DP {dp} (distributed optimizer)" if cfg.policy.optimizer.use_distributed_optimizer else "")
         + (", in host memory while generating" if mem.optimizer_offloaded else ""),
-        f"activations (train)     {_gib(mem.activations)}   micro-batch {rows} x {width:,} tokens"
-        + (", full recompute" if cfg.policy.activation_checkpointing else "")
+    ]
+    if cfg.algorithm.kl_coef > 0:
+        lines.append(f"KL reference            {_gib(mem.reference)}   copy of the initial weights (algorithm.kl_coef)"
+                     if mem.reference else
+                     "KL reference            in host memory (policy.reference_offload): no copy on the GPU")
+    recompute = ""
+    if cfg.policy.activation_checkpointing:
+        recompute = (f", selective recompute (attention cores and MLPs; the {recompute_exempt_layers(shape, pp)} "
+                     "Mamba layers of the stage keep their activations)" if shape.pattern else ", full recompute")
+    lines += [
+        f"activations (train)     {_gib(mem.activations)}   micro-batch {rows} x {width:,} tokens{recompute}"
         + (", flash attention (estimate)" if e == 2 else ""),
         f"log-prob transient      {_gib(mem.logprob_transient)}   logits + fp32 log-softmax of a micro-batch "
         "(estimate)",

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from nemo_igrpo.config import Config, ConfigError
 from nemo_igrpo.trainer.memory_plan import memory_section
+from nemo_igrpo.trainer.plan_record import Layout, Plan, StepBudget
 from nemo_igrpo.trainer.plan_training import training_section
 
 REDACTED = "<redacted>"
@@ -85,14 +86,6 @@ def recipe_layout(config_path: str | Path) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    tp: int
-    pp: int
-    dp: int
-    world_size: int
-
-
 def parallel_layout(cfg: Config, world_size: int) -> Layout:
     """TP x PP x DP = world size; a world size the model-parallel product does not divide is an error naming the keys."""
     if not isinstance(world_size, int) or world_size < 1:
@@ -107,17 +100,6 @@ def parallel_layout(cfg: Config, world_size: int) -> Layout:
     return Layout(tp=tp, pp=pp, dp=world_size // (tp * pp), world_size=world_size)
 
 
-@dataclasses.dataclass(frozen=True)
-class StepBudget:
-    prompts: int
-    group_size: int  # K
-    drafts: int  # N per prompt (0 for GRPO)
-    refinements: int  # G per prompt (K for GRPO: every rollout is trained)
-    completions: int  # generated sequences per step, both stages
-    trained: int  # sequences that receive gradient per step
-    max_generated_tokens: int
-
-
 def step_budget(cfg: Config) -> StepBudget:
     k = cfg.algorithm.group_size
     prompts = cfg.data.prompts_per_step
@@ -126,49 +108,6 @@ def step_budget(cfg: Config) -> StepBudget:
     completions = prompts * k
     return StepBudget(prompts=prompts, group_size=k, drafts=n, refinements=g, completions=completions,
                       trained=prompts * g, max_generated_tokens=completions * cfg.generation.max_new_tokens)
-
-
-# --- the plan ----------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Something that would make the job fail: ``where`` is the config key or the file, ``what`` the reason."""
-
-    where: str
-    what: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.what}"
-
-
-@dataclasses.dataclass
-class DataFile:
-    key: str  # data.train_file, ...
-    path: str
-    rows: int | None = None  # None: not readable
-
-
-@dataclasses.dataclass
-class Plan:
-    cfg: Config
-    world_size: int
-    layout_source: str  # where the world size came from, for the reader
-    layout: Layout | None = None  # None when TP x PP does not divide the world size
-    budget: StepBudget | None = None
-    inspected: bool = False  # whether model, data and output were opened
-    model_config: dict | None = None  # config.json of policy.model_path, when readable
-    data: list[DataFile] = dataclasses.field(default_factory=list)
-    train_rows: int | None = None  # training prompts (file rows, or the synthetic task's size)
-    steps_per_epoch: int | None = None
-    total_steps: int | None = None
-    checks: list[str] = dataclasses.field(default_factory=list)  # what was verified, one line each
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    problems: list[Problem] = dataclasses.field(default_factory=list)
-    gpu_memory_gib: float = 80.0  # one GPU's memory, for the memory plan (igrpo train --gpu-memory-gib)
-
-    def problem(self, where: str, what: str) -> None:
-        self.problems.append(Problem(where, what))
 
 
 def build_plan(cfg: Config, world_size: int, *, layout_source: str = "", inspect: bool = True,

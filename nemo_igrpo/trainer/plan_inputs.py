@@ -13,7 +13,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from nemo_igrpo.trainer.plan import DataFile, Plan
+from nemo_igrpo.trainer.plan_record import DataFile, Plan
 
 
 def inspect_inputs(plan: Plan) -> None:
@@ -94,6 +94,8 @@ def _check_architecture(plan: Plan, hf: dict, cfg_file: Path) -> None:
     problems = architecture.architecture_problems(hf, tp, pp)
     for what in problems:
         plan.problem(str(cfg_file), what)
+    for what in architecture.micro_batching_problems(hf, plan.cfg.policy.micro_batching):
+        plan.problem("policy.micro_batching", f"{what} ({cfg_file} is model_type {hf.get('model_type')!r})")
     if not problems:
         heads, kv = architecture.num_heads(hf)
         plan.checks.append(f"model     {cfg_file}: {hf.get('model_type')}, {hf.get('num_hidden_layers')} layers, "
@@ -238,7 +240,7 @@ def _inspect_data(plan: Plan) -> None:
 
 
 def _inspect_output(plan: Plan) -> None:
-    from nemo_igrpo.trainer.checkpoints import CheckpointDirectory
+    from nemo_igrpo.trainer.checkpoints import CheckpointDirectory, existing_run_artifacts, output_dir_refusal
 
     out = Path(plan.cfg.trainer.output_dir)
     key = "trainer.output_dir"
@@ -250,14 +252,15 @@ def _inspect_output(plan: Plan) -> None:
             plan.problem(key, f"{out}: not writable")
             return
         steps = CheckpointDirectory(out / "checkpoints").complete_steps()
-        has_run = bool(steps) or (out / "metrics.jsonl").is_file()
-        if steps and plan.cfg.trainer.resume:
+        refusal = output_dir_refusal(out, plan.cfg.trainer.resume, plan.cfg.trainer.overwrite)
+        if refusal is not None:  # the same rule the run applies: a fresh start into an earlier run is refused
+            plan.problem(key, refusal.removeprefix(f"config key '{key}': ")
+                         + (f" (checkpoints up to step {steps[-1]})" if steps else ""))
+        elif steps and plan.cfg.trainer.resume:
             plan.checks.append(f"output    {out}: continues from checkpoint step {steps[-1]} (trainer.resume=true)")
-        elif has_run and not plan.cfg.trainer.resume:
-            plan.warnings.append(f"{key} {out} holds an earlier run"
-                                 + (f" (checkpoints up to step {steps[-1]})" if steps else "")
-                                 + " and trainer.resume=false: resume it (trainer.resume=true) or choose another "
-                                   "directory")
+        elif plan.cfg.trainer.overwrite and existing_run_artifacts(out):
+            plan.warnings.append(f"{key} {out} holds an earlier run: trainer.overwrite=true deletes its "
+                                 f"{', '.join(existing_run_artifacts(out))} at the start")
         else:
             plan.checks.append(f"output    {out}: exists, writable, no checkpoint yet")
         return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from nemo_igrpo.trainer.updates import too_many_mini_batches
 
 if TYPE_CHECKING:
-    from nemo_igrpo.trainer.plan import Plan
+    from nemo_igrpo.trainer.plan_record import Plan
 
 
 def training_section(plan: Plan) -> list[str]:

@@ -36,6 +36,7 @@ class Group:
     draft_components: dict[str, list[float]] = field(default_factory=dict)
     draft_lengths: list[int] = field(default_factory=list)
     draft_finish_reasons: list[str] = field(default_factory=list)
+    draft_logprobs: list[list[float]] = field(default_factory=list)  # the generator's, for the Stage-1 entropy
     best_draft: int = -1
     best_draft_text: str = ""
 
@@ -56,7 +57,8 @@ class RoundResult:
 
     groups: list[Group]
     timings: dict[str, float]
-    timeouts: int = 0
+    timeouts: int = 0  # responses whose grading hit a limit (scored 0)
+    over_budget: int = 0  # of those, responses left ungraded because the batch's grading budget was spent
 
 
 @dataclass
@@ -104,7 +106,17 @@ def _mean(xs: Sequence[float]) -> float:
     return float(sum(xs) / len(xs)) if xs else 0.0
 
 
-def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts: int) -> dict[str, float]:
+def sampled_entropy(logprobs: Sequence[Sequence[float]]) -> float:
+    """Mean of -log p over every sampled token: an unbiased estimate of the policy's per-token entropy at the
+    sampling temperature (E_{x~p}[-log p(x)] = H(p)) when sampling applies no top-p / top-k cut. It costs nothing
+    (the generator returns the log-probs) and is the same estimator for both stages, so drafts, refinements and GRPO
+    rollouts compare on one scale."""
+    total = sum(len(lp) for lp in logprobs)
+    return -float(sum(sum(lp) for lp in logprobs)) / total if total else 0.0
+
+
+def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts: int,
+                    over_budget: int = 0) -> dict[str, float]:
     """Reward, accuracy, length and budget metrics over every generated group (all rounds, trained on or not: they
     are unbiased samples of the current policy, and their tokens were spent)."""
     metrics: dict[str, float] = {}
@@ -120,6 +132,9 @@ def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts
             metrics["accuracy/draft_best"] = _mean([g.draft_components["accuracy"][g.best_draft] for g in groups])
         metrics["overlong/draft_truncated_share"] = _mean(
             [float(r == FINISH_LENGTH) for g in groups for r in g.draft_finish_reasons])
+        metrics["entropy/stage1_sampled"] = sampled_entropy([lp for g in groups for lp in g.draft_logprobs])
+    # The trained-on rollouts: GRPO's single-shot answers, iGRPO's Stage-2 refinements.
+    metrics["entropy/stage2_sampled"] = sampled_entropy([lp for g in groups for lp in g.generator_logprobs])
     counter.add(STAGE_TRAINED, len(rows), sum(len(r) for g in groups for r in g.response_ids))
     metrics["reward/mean"] = _mean(rows)
     names = groups[0].components.keys() if groups else ()
@@ -137,6 +152,7 @@ def rollout_metrics(groups: Sequence[Group], timings: dict[str, float], timeouts
             metrics["accuracy/refinement_gain"] = metrics["accuracy/train"] - metrics["accuracy/draft_best"]
             metrics["accuracy/refinement_gain_vs_draft_mean"] = metrics["accuracy/train"] - metrics["accuracy/draft_mean"]
     metrics["reward/timeouts"] = float(timeouts)
+    metrics["reward/over_budget"] = float(over_budget)
     lengths = [len(r) for g in groups for r in g.response_ids]
     metrics["response_length/mean"] = _mean(lengths)
     metrics["response_length/max"] = float(max(lengths, default=0))
@@ -203,7 +219,7 @@ class RolloutWorker:
                         ) -> RoundResult:
         """One group per record (both stages in iGRPO). Seeds depend on (run seed, step, stage, shard, round)."""
         timings = {"time/generate": 0.0, "time/reward": 0.0}
-        timeouts = 0
+        timeouts = over_budget = 0
         prompts = [self.encode_single_shot(r) for r in records]
         n, g = self.budget.num_drafts, self.budget.num_refinements
         groups = [Group(prompt_ids=[], response_ids=[], generator_logprobs=[], finish_reasons=[], rewards=[],
@@ -213,7 +229,7 @@ class RolloutWorker:
             seed = seeding.derive_seed(self.run_seed, step, seeding.STAGE_DRAFTS, shard, round_index)
             drafts = self._sample(prompts, n, seed, timings)
             scored = self._score(records, n, drafts, STAGE_DRAFTS, timings)
-            timeouts += scored.timeouts
+            timeouts, over_budget = timeouts + scored.timeouts, over_budget + scored.over_budget
             rows = [slice(i * n, (i + 1) * n) for i in range(len(records))]
             rewards = [scored.total[s] for s in rows]
             lengths = [[len(t) for t in drafts.token_ids[s]] for s in rows]
@@ -226,6 +242,7 @@ class RolloutWorker:
                 grp.draft_rewards, grp.draft_lengths = rewards[i], lengths[i]
                 grp.draft_components = {name: v[rows[i]] for name, v in scored.components.items()}
                 grp.draft_finish_reasons = drafts.finish_reasons[rows[i]]
+                grp.draft_logprobs = drafts.logprobs[rows[i]]
                 grp.best_draft, grp.best_draft_text = k, self._decode(drafts.token_ids[best])
                 draft_ids = [t for t in drafts.token_ids[best] if t not in self.stop_ids]
                 messages = build_refinement_messages(self.single_shot_messages(record), draft_ids, self._decode,
@@ -235,19 +252,19 @@ class RolloutWorker:
         seed = seeding.derive_seed(self.run_seed, step, seeding.STAGE_REFINEMENTS, shard, round_index)
         out = self._sample(prompts, g, seed, timings)
         scored = self._score(records, g, out, STAGE_TRAINED, timings)
-        timeouts += scored.timeouts
+        timeouts, over_budget = timeouts + scored.timeouts, over_budget + scored.over_budget
         for i, grp in enumerate(groups):
             s = slice(i * g, (i + 1) * g)
             grp.prompt_ids = prompts[i]
             grp.response_ids, grp.generator_logprobs = out.token_ids[s], out.logprobs[s]
             grp.finish_reasons, grp.rewards = out.finish_reasons[s], scored.total[s]
             grp.components = {name: v[s] for name, v in scored.components.items()}
-        return RoundResult(groups=groups, timings=timings, timeouts=timeouts)
+        return RoundResult(groups=groups, timings=timings, timeouts=timeouts, over_budget=over_budget)
 
     def run(self, records: list[PromptRecord], step: int, shard: int) -> StepRollouts:
         """Every record's group, all trained on (one round, no dynamic sampling)."""
         result = self.generate_groups(records, step, shard)
-        metrics = rollout_metrics(result.groups, result.timings, result.timeouts)
+        metrics = rollout_metrics(result.groups, result.timings, result.timeouts, result.over_budget)
         return StepRollouts.from_groups(result.groups, self.budget.num_refinements, [True] * len(result.groups),
                                         self.algorithm.overlong_filter, metrics)
 

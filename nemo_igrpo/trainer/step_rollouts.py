@@ -42,13 +42,13 @@ def collect_step_rollouts(step: int, worker: RolloutWorker | None, sampler: Prom
     local: dict[tuple[int, int, int], Group] = {}
     flags: list[tuple[tuple[int, int, int], bool]] = []
     timings: dict[str, float] = {}
-    timeouts = rounds = 0
+    timeouts = over_budget = rounds = 0
     while True:
         records = sampler.next_batch(prompts_per_step)[dp_rank::dp_size]
         result = share(worker.generate_groups(records, step, dp_rank, rounds) if worker is not None else None)
         for key, value in result.timings.items():
             timings[key] = timings.get(key, 0.0) + value
-        timeouts += result.timeouts
+        timeouts, over_budget = timeouts + result.timeouts, over_budget + result.over_budget
         mine = []
         for i, group in enumerate(result.groups):
             local[(rounds, dp_rank, i)] = group
@@ -75,7 +75,7 @@ def collect_step_rollouts(step: int, worker: RolloutWorker | None, sampler: Prom
     trained = set(selection.trained)
     keys = selection.shard(dp_rank, dp_size)
 
-    metrics = rollout_metrics(list(local.values()), timings, timeouts)
+    metrics = rollout_metrics(list(local.values()), timings, timeouts, over_budget)
     metrics.update(selection.metrics(rounds))
     # Spent on groups that carry no loss (dropped, or padding a rank), counted where generated: the matched-budget
     # view compares tokens/generated, which includes them.

@@ -21,7 +21,8 @@ Why a step is not simply abandoned on SIGTERM in a multi-rank job: the ranks are
 (vLLM's tensor-parallel forward passes, the trainer's broadcasts and all-reduces); a rank that jumped out of its step
 while its peers wait in a collective would hang them all until the grace period ran out, and a checkpoint needs every
 rank. Only where no peer can wait (one process) is a step abandoned, and only while the policy is untouched (the
-rollout phase), so the saved state is exactly the last finished step.
+rollout phase), so the saved state is exactly the last finished step; never inside one of the lifecycle's memory
+transitions (optimizer offload, sleep, wake, refit), which then run to their end, and the step with them.
 
 Which steps can be lost: with SIGUSR1, none. With SIGTERM/SIGINT, at most the steps since the last checkpoint
 (``trainer.save_every`` - 1 finished ones) plus the one in flight, when the in-flight step cannot finish within the
@@ -51,14 +52,18 @@ class StopSignals:
 
     The loop tells it where it is (``step_started``/``step_finished``, ``saved``) so that every message says which
     step is in flight and which one the run would resume from. ``abandonable`` lists the code objects inside which a
-    step may be abandoned at once (empty in multi-rank jobs); ``exit_process`` ends the process when the grace period
-    runs out (``os._exit``: the main thread may be blocked in a collective that no exception can interrupt).
+    step may be abandoned at once (empty in multi-rank jobs), ``protected`` those that a signal must never cut short
+    even there (the lifecycle's memory transitions: half done, they would leave the optimizer state in host memory
+    and the engine neither awake nor asleep, and the checkpoint would be written from that state); ``exit_process``
+    ends the process when the grace period runs out (``os._exit``: the main thread may be blocked in a collective that
+    no exception can interrupt).
     """
 
-    def __init__(self, grace_s: float, abandonable: tuple[CodeType, ...] = (),
+    def __init__(self, grace_s: float, abandonable: tuple[CodeType, ...] = (), protected: tuple[CodeType, ...] = (),
                  exit_process: Callable[[int], None] = os._exit) -> None:
         self.grace_s = float(grace_s)
         self.abandonable = abandonable
+        self.protected = protected
         self.exit_process = exit_process
         self.requested = False  # any stop signal: save at the end of the step (or now, between steps) and exit
         self.urgent = False  # SIGTERM/SIGINT: skip what can wait (validation)
@@ -126,7 +131,7 @@ class StopSignals:
         if self.urgent:  # Slurm signals the batch shell and the tasks; the shell forwards it again: once is enough
             return
         self.urgent = True
-        if self.in_step and self.abandonable and _inside(frame, self.abandonable):
+        if self.in_step and self.abandonable and _abandonable_here(frame, self.abandonable, self.protected):
             log.warning("%s during the rollouts of step %d: abandoning the step (the policy is unchanged) and saving "
                         "at once", name, self.step)
             raise StepAbandoned(name)
@@ -157,9 +162,14 @@ class StopSignals:
         self.exit_process(0)
 
 
-def _inside(frame: FrameType | None, codes: tuple[CodeType, ...]) -> bool:
+def _abandonable_here(frame: FrameType | None, abandonable: tuple[CodeType, ...],
+                      protected: tuple[CodeType, ...]) -> bool:
+    """The interrupted code runs inside an ``abandonable`` function, and not inside a ``protected`` one called
+    from it."""
     while frame is not None:
-        if frame.f_code in codes:
+        if frame.f_code in protected:
+            return False
+        if frame.f_code in abandonable:
             return True
         frame = frame.f_back
     return False

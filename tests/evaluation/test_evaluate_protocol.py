@@ -185,3 +185,24 @@ def test_the_cli_refuses_another_models_samples_in_one_line(twins, tmp_path, cap
     assert igrpo(["evaluate", "--model", str(twins[1]), *common]) == 2
     err = capsys.readouterr().err
     assert "holds samples of another model" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resuming_with_another_extraction_is_refused_and_old_fingerprints_read_as_boxed(twins, tmp_path, capsys):
+    """Samples are graded as they are written: grading the rest of a set with --extraction full after boxed would mix
+    two graders' verdicts in one number. A fingerprint written before the key existed reads as boxed (the only mode
+    then), so older evaluations still resume."""
+    out = tmp_path / "eval"
+    common = ["--datasets", "mini", "--data", f"mini={FIXTURE}", "--k", "1", "--max-new-tokens", "3",
+              "--grader-workers", "1", "--output", str(out), "--model", str(twins[0])]
+    assert igrpo(["evaluate", *common]) == 0
+    fingerprint = out / E.SAMPLES_DIR / "mini.protocol.json"
+    assert json.loads(fingerprint.read_text())["extraction"] == "boxed"
+    capsys.readouterr()
+    assert igrpo(["evaluate", *common, "--extraction", "full"]) == 2
+    err = capsys.readouterr().err
+    assert "graded with different settings (extraction)" in err and len(err.strip().splitlines()) == 1
+    old = json.loads(fingerprint.read_text())
+    del old["extraction"]
+    fingerprint.write_text(json.dumps(old))
+    assert igrpo(["evaluate", *common]) == 0
+    assert "graded with boxed extraction" in (out / "summary.md").read_text()

@@ -163,8 +163,12 @@ def test_output_directory_with_a_checkpoint(cluster_dirs, capsys):
     assert igrpo(["train", "--config", str(CONF / "orn7b_acereason_igrpo.yaml"), "--dry-run",
                   "trainer.resume=true"]) == 0
     assert "continues from checkpoint step 20 (trainer.resume=true)" in capsys.readouterr().out
-    assert igrpo(["train", "--config", str(CONF / "orn7b_acereason_igrpo.yaml"), "--dry-run"]) == 0
-    assert "holds an earlier run (checkpoints up to step 20) and trainer.resume=false" in capsys.readouterr().out
+    assert igrpo(["train", "--config", str(CONF / "orn7b_acereason_igrpo.yaml"), "--dry-run"]) == 2
+    out = capsys.readouterr().out
+    assert "already holds a run (checkpoints)" in out and "(checkpoints up to step 20)" in out
+    assert igrpo(["train", "--config", str(CONF / "orn7b_acereason_igrpo.yaml"), "--dry-run",
+                  "trainer.overwrite=true"]) == 0
+    assert "trainer.overwrite=true deletes its checkpoints" in capsys.readouterr().out
 
 
 def test_demo_recipe_plans_one_process(capsys, monkeypatch):

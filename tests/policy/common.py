@@ -61,6 +61,22 @@ def assert_rank_read_only_its_shard(ranks: list[dict], total_bytes: int, sharded
             assert info["bytes_read"] < total_bytes
 
 
+def load_step_batches(work: str, layout) -> list:
+    """The two prepared steps' batches (``prepare_work``), each cut to this rank's contiguous data-parallel shard:
+    together the shards are exactly the DP=1 batch."""
+    import os
+
+    from safetensors.torch import load_file
+
+    from nemo_igrpo.batch import TrainBatch
+
+    batches = [TrainBatch(**load_file(os.path.join(work, f"batch{i}.safetensors"))) for i in (1, 2)]
+    if layout.dp_size > 1:
+        per = batches[0].num_sequences // layout.dp_size
+        batches = [b.select(slice(layout.dp_rank * per, (layout.dp_rank + 1) * per)) for b in batches]
+    return batches
+
+
 def make_loss(**algorithm):
     from nemo_igrpo.algorithms.config import AlgorithmConfig
     from nemo_igrpo.algorithms.losses import make_policy_loss

@@ -27,22 +27,18 @@ def run(name: str, work: str) -> None:
     import logging
 
     import torch.distributed as dist
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from common import build_policy_checking_load, make_loss, policy_config
+    from common import build_policy_checking_load, load_step_batches, make_loss, policy_config
     from nemo_igrpo.backends.policy.megatron_policy import MegatronPolicy
     from nemo_igrpo.backends.policy.parallel import initialize_parallel
     from nemo_igrpo.backends.policy.weights import export_hf_state_dict
-    from nemo_igrpo.batch import TrainBatch
 
     tp, pp = LAYOUTS[name]
     layout = initialize_parallel(tp, pp, seed=1234)
     hf_dir = os.path.join(work, "hf")
     loss_fn = make_loss()
-    batches = [TrainBatch(**load_file(os.path.join(work, f"batch{i}.safetensors"))) for i in (1, 2)]
-    if layout.dp_size > 1:
-        per = batches[0].num_sequences // layout.dp_size
-        batches = [b.select(slice(layout.dp_rank * per, (layout.dp_rank + 1) * per)) for b in batches]
+    batches = load_step_batches(work, layout)
     metrics: dict = {"layout": str(layout)}
     rank0 = layout.rank == 0
 

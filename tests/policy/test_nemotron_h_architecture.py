@@ -80,3 +80,25 @@ def test_recipe_dry_run_plans_without_refusal(recipe, tmp_path, monkeypatch, cap
     out = capsys.readouterr().out
     assert "nemotron_h, 52 layers" in out and "splits over TP 2 x PP 1" in out
     assert "# no problems found" in out
+
+
+def test_dry_run_refuses_packed_micro_batches_as_the_builder_does(tmp_path, monkeypatch, capsys):
+    """MegatronPolicy refuses policy.micro_batching=packed for a hybrid model (a Mamba layer's state would run from
+    one sequence of a packed row into the next); the dry run, which reads the same config.json, must say so before a
+    cluster allocates GPUs, with the key named."""
+    models = tmp_path / "models"
+    _write_model(models / "Nemotron-H-8B-Base-8K")
+    for var, path in (("MODEL_DIR", models), ("DATA_DIR", tmp_path), ("RESULTS_DIR", tmp_path / "results")):
+        monkeypatch.setenv(var, str(path))
+    for var in ("WORLD_SIZE", "RANK", "SLURM_NTASKS"):
+        monkeypatch.delenv(var, raising=False)
+    recipe = str(CONF / "nemotronh8b_math_igrpo.yaml")
+    assert igrpo(["train", "--config", recipe, "--dry-run", "policy.micro_batching=packed"]) == 2
+    problems = capsys.readouterr().out.split("# problems")[1]
+    assert "- policy.micro_batching: 'packed' is not supported for hybrid Mamba models" in problems
+    # The same rule, stated once, is what the builder applies; bucketed and auto are accepted.
+    from nemo_igrpo.backends.policy.architecture import micro_batching_problems
+
+    assert micro_batching_problems(NEMOTRON_H_8B, "packed") and not micro_batching_problems(NEMOTRON_H_8B, "auto")
+    igrpo(["train", "--config", recipe, "--dry-run", "policy.micro_batching=bucketed"])
+    assert "policy.micro_batching" not in capsys.readouterr().out.split("# problems")[-1]

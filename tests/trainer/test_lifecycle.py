@@ -108,3 +108,37 @@ def test_level2_sleep_is_refitted_before_the_next_generation():
                    + REFIT + ["empty_cache", "wake", "generate", "sleep", "empty_cache"])
     with pytest.raises(RuntimeError, match="without begin_generation"):
         lc.end_generation()
+
+
+def _interrupted(tmp_path, target: str, method: str, call: int) -> dict:
+    from lifecycle_worker import run_interrupted
+
+    result = launch(run_interrupted, (str(tmp_path), target, method, call), world_size=1, err_dir=str(tmp_path),
+                    timeout=300)
+    assert result.ok, result.tail()
+    return json.loads((tmp_path / "interrupted.json").read_text())
+
+
+def _optimizer_on_device_at_save(calls: list[str]) -> bool:
+    """Every offload of the optimizer state was followed by its reload before the checkpoint was written."""
+    before = calls[:calls.index("save_checkpoint")]
+    return before.count("offload_optimizer_state") == before.count("reload_optimizer_state")
+
+
+def test_ctrl_c_during_the_rollouts_abandons_the_step_after_the_generator_sleeps(tmp_path):
+    # Step 2's drafts: the 3rd generate call (step 1 generated drafts and refinements).
+    got = _interrupted(tmp_path, "generator", "generate", 3)
+    assert got["steps"] == [1] and got["saved"] == [1]  # step 2 abandoned, step 1 saved
+    calls = got["calls"]
+    assert calls[calls.index("SIGINT") + 1:calls.index("save_checkpoint")] == END_GENERATION
+    assert _optimizer_on_device_at_save(calls) and not got["generating"]
+
+
+def test_ctrl_c_while_the_lifecycle_switches_memory_owners_is_not_an_abandon(tmp_path):
+    """A signal inside a lifecycle transition (here: step 2's optimizer offload, before its generator wakes) must not
+    abandon the step there: the transition would stay half done, and the checkpoint be written with the optimizer
+    state in host memory and the engine neither awake nor asleep. The step runs on, and is saved when it ends."""
+    got = _interrupted(tmp_path, "policy", "offload_optimizer_state", 2)
+    assert got["steps"] == [1, 2] and got["saved"] == [2]
+    calls = got["calls"]
+    assert calls.count("train") == 2 and _optimizer_on_device_at_save(calls) and not got["generating"]

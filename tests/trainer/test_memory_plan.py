@@ -158,3 +158,60 @@ def test_saved_activations_match_a_real_policy(measured):
                 assert rank["activations"][key] == want, (tp, key)
                 want_r = mp.saved_activation_bytes(shape, rows, width, tp=tp, param_bytes=4, recompute=True)
                 assert rank["activations_recompute"][key] == want_r, (tp, key)
+
+
+def test_kl_reference_copy_is_on_the_gpu_in_every_phase_unless_offloaded():
+    """With algorithm.kl_coef > 0 the policy keeps a copy of its initial weights (backends/policy/reference.py) on
+    the device for the whole run, beside the training state in every phase; policy.reference_offload moves it to
+    host memory."""
+    from nemo_igrpo.trainer.plan import build_plan, describe_plan
+
+    shape = mp.shape_from_config(mp.BUILTIN_SHAPES["OpenReasoning-Nemotron-7B"])
+    recipe = REPO / "conf" / "orn7b_acereason_igrpo.yaml"
+
+    def phases(*overrides):
+        plan = mp.build_memory_plan(load_config(recipe, list(overrides)), shape, tp=2, pp=1, dp=8,
+                                    gpu_bytes=80 * mp.GIB)
+        return plan, {name: total for name, (_, total) in plan.phases().items()}
+
+    plan, off = phases()
+    _, kl = phases("algorithm.kl_coef=0.05")
+    _, kl_offloaded = phases("algorithm.kl_coef=0.05", "policy.reference_offload=true")
+    copy = 2 * plan.params  # this rank's shard of the weights, bf16
+    assert kl == {name: total + copy for name, total in off.items()}
+    assert kl_offloaded == off
+    text = describe_plan(build_plan(load_config(recipe, ["algorithm.kl_coef=0.05"]), 16, inspect=False))
+    assert "KL reference" in text.split("# memory plan per GPU")[1]
+
+
+def test_hybrid_activation_recompute_leaves_the_mamba_layers_whole():
+    """megatron-core 0.16.1's hybrid stack recomputes only attention cores and MLPs (backends/policy/model.py), so
+    with policy.activation_checkpointing the Mamba layers keep their activations: a model of Mamba layers only saves
+    exactly as much with recompute as without, and the Nemotron-H recipe's plan keeps its 24 Mamba layers whole."""
+    mamba_only = {**mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"], "hybrid_override_pattern": "MMMM",
+                  "num_hidden_layers": 4}
+    shape = mp.shape_from_config(mamba_only)
+    kw = dict(tp=2, param_bytes=2, flash=True)
+    assert mp.training_activation_bytes(shape, 1, 4096, recompute=True, **kw) == \
+        mp.training_activation_bytes(shape, 1, 4096, recompute=False, **kw)
+
+    recipe = REPO / "conf" / "nemotronh8b_math_igrpo.yaml"
+    cfg = load_config(recipe)
+    assert cfg.policy.activation_checkpointing
+    shape = mp.shape_from_config(mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"])
+    width = mp.sequence_budget(cfg).longest_sequence
+    plan = mp.build_memory_plan(cfg, shape, tp=2, pp=1, dp=8, gpu_bytes=80 * mp.GIB)
+    everything = mp.training_activation_bytes(shape, 1, width, recompute=False, **kw)
+    one_layer = (everything - mp.training_activation_bytes(
+        mp.shape_from_config({**mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"], "hybrid_override_pattern": PATTERN_51,
+                              "num_hidden_layers": 51}), 1, width, recompute=False, **kw))
+    assert plan.activations > 24 * one_layer  # at least what the 24 Mamba layers save
+    assert plan.activations < everything  # the attention and MLP layers are recomputed
+    from nemo_igrpo.trainer.plan import build_plan, describe_plan
+
+    text = describe_plan(build_plan(cfg, 16, inspect=False))
+    assert "full recompute" not in text and "the 24 Mamba layers of the stage keep their activations" in text
+
+
+# Nemotron-H-8B's pattern without its last layer (an MLP layer): one layer less, for the size of one layer.
+PATTERN_51 = mp.BUILTIN_SHAPES["Nemotron-H-8B-Base-8K"]["hybrid_override_pattern"][:-1]

@@ -339,3 +339,23 @@ def test_refinement_accuracy_against_the_mean_and_the_best_draft(tokenizer):
     assert m["accuracy/refinement_gain"] == pytest.approx(1 / 3 - 0.5)
     assert m["accuracy/refinement_gain_vs_draft_mean"] == pytest.approx(1 / 3 - 0.25)
     assert m["reward/refinement_gain_vs_draft_mean"] == pytest.approx(m["reward/mean"] - m["reward/draft_mean"])
+
+
+class LimitedReward(ScriptedReward):
+    """Each scoring call reports two responses that hit a grading limit, one of them for the batch budget."""
+
+    def __call__(self, problems, responses, answers, meta=None):
+        out = super().__call__(problems, responses, answers, meta)
+        out.timeouts, out.over_budget = 2, 1
+        return out
+
+
+@pytest.mark.parametrize("refinement", [False, True], ids=["grpo", "igrpo"])
+def test_grading_limits_of_every_stage_and_round_are_logged(tokenizer, refinement):
+    alg = algorithm(refinement, rounds=2)
+    w = worker(alg, tokenizer)
+    w.reward_fn = LimitedReward()
+    out = collect(w, PromptSampler(records(["easy", "hard", "mixed", "easy"] * 4), seed=1), step=1, per_step=4, alg=alg)
+    calls = out.metrics["dynamic_sampling/rounds"] * (2 if refinement else 1)  # drafts and refinements: two calls
+    assert out.metrics["dynamic_sampling/rounds"] > 1
+    assert out.metrics["reward/timeouts"] == 2 * calls and out.metrics["reward/over_budget"] == calls

@@ -24,11 +24,12 @@ import json
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nemo_igrpo.errors import UserError
 
 # Sharded-state-dict metadata the trainer's policy checkpoint uses (MegatronPolicy._sharded_metadata); the model
 # part's keys do not depend on it today, but passing the same keeps the two formats identical by construction.
@@ -45,7 +46,7 @@ _HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 
 
-class ConversionError(Exception):
+class ConversionError(UserError):
     """A user-facing error: bad input, unsupported model, a split that does not fit. Printed without traceback."""
 
 
@@ -89,11 +90,13 @@ def _run_megatron_to_hf(args: argparse.Namespace) -> int:
 
 
 def _report(fn) -> int:
+    """Run a conversion; user errors (``ConversionError`` and the like) reach ``igrpo``, which prints them."""
     try:
         out = fn()
-    except (ConversionError, FileNotFoundError) as err:
-        print(f"igrpo convert: error: {err}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as err:  # hf_io's missing weights or shards: the user's input
+        if isinstance(err, UserError):
+            raise
+        raise ConversionError(str(err)) from None
     print(f"igrpo convert: wrote {out}")
     return 0
 
@@ -333,11 +336,15 @@ def load_model_tensors(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     into per-layer ``decoder.layers.{i}.X``; optimizer state is never read."""
     from megatron.core import dist_checkpointing
 
-    metadata = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
-    wanted = {k: v for k, v in metadata.items() if k.startswith(_MODEL_KEY_PREFIXES)}
-    if not wanted:
-        raise ConversionError(f"{ckpt_dir} holds no model tensors (keys start with {list(_MODEL_KEY_PREFIXES)})")
-    loaded = dist_checkpointing.load(wanted, str(ckpt_dir), validate_access_integrity=False)
+    from nemo_igrpo.backends.safe_checkpoint import safe_dist_checkpoint
+
+    # No pickled code runs: the index is read by a restricted unpickler, every torch.load is weights-only.
+    with safe_dist_checkpoint(ckpt_dir):
+        metadata = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
+        wanted = {k: v for k, v in metadata.items() if k.startswith(_MODEL_KEY_PREFIXES)}
+        if not wanted:
+            raise ConversionError(f"{ckpt_dir} holds no model tensors (keys start with {list(_MODEL_KEY_PREFIXES)})")
+        loaded = dist_checkpointing.load(wanted, str(ckpt_dir), validate_access_integrity=False)
     out: dict[str, torch.Tensor] = {}
     for key in wanted:
         tensor = loaded[key]

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from nemo_igrpo.backends.conversion import keeps_fp32
+from nemo_igrpo.errors import DamagedFileError, InputNotFoundError
 
 SHARD_BYTES = 4 * 1024**3
 
@@ -143,8 +144,11 @@ def _safetensors_files(path: str) -> list[str]:
     if os.path.isfile(single):
         return [single]
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise DamagedFileError(f"{index}: not a safetensors index ({type(err).__name__}: {err})") from None
         files = []
         for name in sorted(set(weight_map.values())):
             if os.path.basename(name) != name:
@@ -218,7 +222,7 @@ class SafetensorsCheckpoint(TensorSource):
         self._files = {}
         self._where: dict[str, str] = {}
         for file in _safetensors_files(path):
-            handle = safe_open(file, framework="pt")
+            handle = _open_safetensors(file)
             self._files[file] = handle
             for name in handle.keys():
                 if name in self._where:
@@ -257,6 +261,7 @@ def open_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[obje
     demand (see ``SafetensorsCheckpoint``)."""
     import transformers
 
+    check_config_json(os.path.join(path, "config.json"))
     tensors = SafetensorsCheckpoint(path)
     config = transformers.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     return config, tensors
@@ -271,3 +276,40 @@ def read_hf_checkpoint(path: str, trust_remote_code: bool = False) -> tuple[obje
         return config, {name: tensors.read(name) for name in tensors.names()}
     finally:
         tensors.close()
+
+
+def _open_safetensors(file: str | Path):
+    """``safe_open(file)``; a header that does not parse or does not cover the file exactly (a truncated or
+    overwritten file) is a ``DamagedFileError`` naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="pt")
+    except SafetensorError as err:
+        raise DamagedFileError(f"{file}: damaged safetensors file (truncated or corrupted?): {err}") from None
+
+
+def check_safetensors_files(files: Iterable[str | Path]) -> None:
+    """``DamagedFileError`` naming the first damaged file of ``files``. Reads only the headers."""
+    for file in files:
+        _open_safetensors(file)
+
+
+def check_config_json(file: str | Path) -> None:
+    """``DamagedFileError`` unless ``file`` is a JSON object (transformers' own error for a broken config.json is a
+    traceback several frames deep)."""
+    try:
+        obj = json.loads(Path(file).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedFileError(f"{file}: not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise DamagedFileError(f"{file}: expected a JSON object, got {type(obj).__name__}")
+
+
+def hf_weight_files(path: str | Path) -> list[Path]:
+    """The safetensors files of an HF directory (``model.safetensors``, or the shards its index lists); a missing one
+    (or only pickle weights) is an ``InputNotFoundError`` saying so."""
+    try:
+        return [Path(f) for f in _safetensors_files(str(path))]
+    except FileNotFoundError as err:
+        raise InputNotFoundError(str(err)) from None

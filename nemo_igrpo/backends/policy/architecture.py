@@ -259,6 +259,15 @@ def is_hybrid(cfg: Any) -> bool:
     return field(cfg, "model_type") in HYBRID_MODEL_TYPES
 
 
+def micro_batching_problems(cfg: Any, micro_batching: str) -> list[str]:
+    """Why ``policy.micro_batching`` cannot lay out this model's micro-batches (empty when it can). Hybrid Mamba
+    models never pack: a Mamba layer's recurrent state runs along the whole row, through every sequence in it."""
+    if micro_batching == "packed" and is_hybrid(cfg):
+        return ["'packed' is not supported for hybrid Mamba models (Nemotron-H): the recurrent state would flow from "
+                "one sequence of a row into the next; use 'bucketed' or 'auto'"]
+    return []
+
+
 # --- parameter tensors (the memory plan's model) ----------------------------------------------------------------------
 
 

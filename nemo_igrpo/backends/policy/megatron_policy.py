@@ -239,13 +239,14 @@ class MegatronPolicy(PolicyInterface):
         tokens (Transformer Engine's THD layout), and buckets by length otherwise (a block-diagonal mask would
         compute, then discard, attention across the sequences of a row). Hybrid Mamba models never pack: a Mamba
         layer's state runs along the whole row, through every sequence in it."""
+        from nemo_igrpo.backends.policy.architecture import micro_batching_problems
+
         layout = self.cfg.micro_batching
         if layout == "auto":
             return "packed" if self._thd and not self.hybrid else "bucketed"
-        if layout == "packed" and self.hybrid:
-            raise ValueError("config key 'policy.micro_batching': 'packed' is not supported for hybrid Mamba models "
-                             "(Nemotron-H): the recurrent state would flow from one sequence of a row into the next; "
-                             "use 'bucketed' or 'auto'")
+        problems = micro_batching_problems(self.hf_config, layout)
+        if problems:
+            raise ValueError(f"config key 'policy.micro_batching': {'; '.join(problems)}")
         return layout
 
     @property
@@ -674,10 +675,15 @@ class MegatronPolicy(PolicyInterface):
 
         Optimizer state reshards too (the plain optimizer's state is stored per model tensor). RNG states are
         restored only when the world size is unchanged (they are per rank); otherwise kept as seeded. Collective.
+        The directory is verified first and read without running pickled code (``safe_dist_checkpoint``): a damaged
+        or crafted one raises ``DamagedCheckpointError`` / ``UnsafeCheckpointError`` naming the file.
         """
         from megatron.core import dist_checkpointing
 
-        common = dist_checkpointing.load_common_state_dict(path)
+        from nemo_igrpo.backends.safe_checkpoint import safe_dist_checkpoint
+
+        with safe_dist_checkpoint(path):
+            common = dist_checkpointing.load_common_state_dict(path)
         pmeta = common.get("policy_meta", {})
         if pmeta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path}: not a policy checkpoint of format {CHECKPOINT_FORMAT} (got {pmeta!r})")
@@ -697,7 +703,8 @@ class MegatronPolicy(PolicyInterface):
             sd["optimizer"] = self.optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=meta)
         if same_world:
             sd["rng_state"] = self._rng_object(None)
-        state = dist_checkpointing.load(sd, path)
+        with safe_dist_checkpoint(path, verify=False):
+            state = dist_checkpointing.load(sd, path)
 
         if len(self.model) == 1:
             self.model[0].module.load_state_dict(state["model"], strict=True)

@@ -12,6 +12,12 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
+from nemo_igrpo.errors import UserError, env_int
+
+
+class LayoutError(UserError, ValueError):
+    """The launched world size does not fit the configured TP x PP."""
+
 
 @dataclass(frozen=True)
 class ParallelLayout:
@@ -74,11 +80,13 @@ def _rendezvous_env() -> tuple[int, int, int]:
     """
     env = os.environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+        rank, world = env_int("RANK", default=0), env_int("WORLD_SIZE", default=1)
+        local = env_int("LOCAL_RANK", default=0)
         if world > 1 and ("MASTER_ADDR" not in env or "MASTER_PORT" not in env):
             raise RuntimeError("RANK/WORLD_SIZE are set but MASTER_ADDR/MASTER_PORT are not")
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank, world, local = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+        rank, world = env_int("SLURM_PROCID", default=0), env_int("SLURM_NTASKS", default=1)
+        local = env_int("SLURM_LOCALID", default=0)
         if "MASTER_ADDR" not in env:
             env["MASTER_ADDR"] = _slurm_master_addr() if world > 1 else "127.0.0.1"
         if "MASTER_PORT" not in env:
@@ -120,7 +128,7 @@ def initialize_parallel(tp: int, pp: int, seed: int, timeout_minutes: int = 30) 
     else:
         rank, world, local = _rendezvous_env()
     if world % (tp * pp) != 0:
-        raise ValueError(
+        raise LayoutError(
             f"world_size={world} is not divisible by tensor_model_parallel_size * pipeline_model_parallel_size "
             f"= {tp} * {pp} = {tp * pp}"
         )
