@@ -12,7 +12,7 @@ BACKEND=${BACKEND:-hf}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-1}
 
-[[ -f $OUT/model/config.json ]] || $IGRPO prepare-model smollm2-135m-instruct --output "$OUT/model"
+[[ -f $OUT/SmolLM2-135M-Instruct/config.json ]] || $IGRPO prepare-model smollm2-135m-instruct --output "$OUT/SmolLM2-135M-Instruct"
 # The recipes' one-shot system message: evaluation asks exactly what training asked.
 SYSTEM=$($PY -c 'from nemo_igrpo.config import load_config; print(load_config("conf/smollm2_word_arith_grpo.yaml").data.system_prompt)')
 evaluate() {  # MODEL_DIR OUT_DIR
@@ -21,10 +21,10 @@ evaluate() {  # MODEL_DIR OUT_DIR
     --max-new-tokens 64 --prompt boxed --system-prompt "$SYSTEM" --output "$2" >/dev/null
 }
 log() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/times.txt"; }
-evaluate "$OUT/model" "$OUT/eval_base"
+evaluate "$OUT/SmolLM2-135M-Instruct" "$OUT/eval_base"
 for method in grpo igrpo; do
   log "train $method start"
-  $IGRPO train --config "conf/smollm2_word_arith_$method.yaml" "policy.model_path=$OUT/model" \
+  $IGRPO train --config "conf/smollm2_word_arith_$method.yaml" "policy.model_path=$OUT/SmolLM2-135M-Instruct" \
     "trainer.output_dir=$OUT/$method" "generation.backend=$BACKEND" trainer.resume=true trainer.progress_bar=false
   log "train $method end"
   evaluate "$OUT/$method/hf" "$OUT/eval_$method"

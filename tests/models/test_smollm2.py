@@ -191,3 +191,18 @@ def test_one_train_step_and_refit_on_the_real_model(smollm2, tmp_path):
     assert float((step["after"] - ref).abs()[valid].max()) < 1e-4
 
 
+
+
+def test_dry_run_shape_matches_the_prepared_model(smollm2):
+    """The memory plan's built-in shape (used by --dry-run where the model is not prepared yet, e.g. in CI) describes
+    the directory prepare-model writes: same parameter tensors, hence the same totals."""
+    import json
+
+    from nemo_igrpo.trainer import memory_plan as mp
+
+    builtin = mp.shape_from_config(mp.BUILTIN_SHAPES["SmolLM2-135M-Instruct"])
+    prepared = mp.shape_from_config(json.loads((smollm2 / "config.json").read_text()))
+    assert builtin.total_params == 134_515_008 and builtin.tied
+    assert builtin.tensors == prepared.tensors
+    assert (builtin.layers, builtin.heads, builtin.kv_heads, builtin.head_dim, builtin.max_position_embeddings) == \
+        (prepared.layers, prepared.heads, prepared.kv_heads, prepared.head_dim, prepared.max_position_embeddings)
