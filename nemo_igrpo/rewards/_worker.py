@@ -38,6 +38,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from collections import OrderedDict
 
@@ -138,14 +139,29 @@ def _handle(grader: _Grader, req: dict, timeout_s: float, hard_grace_s: float) -
     return reply
 
 
+def _exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this worker once its parent is gone. Stdin's end of file is not enough: a process the parent forked later
+    (a generation engine, a launcher's helper) can inherit the write end of this worker's pipe and keep it open after
+    the parent was killed (SIGKILL, OOM), which left workers running for good."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
-    """Serve grading requests until stdin closes."""
+    """Serve grading requests until stdin closes or the parent process is gone."""
     timeout_s = float(argv[0]) if argv else 5.0
     memory_mb = int(argv[1]) if len(argv) > 1 else 0
     hard_grace_s = float(argv[2]) if len(argv) > 2 else 0.5
     # Ctrl-C goes to the whole process group; the parent decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPROF, _on_alarm)
+    _exit_with_parent()
     reply_fd = os.dup(1)
     os.dup2(2, 1)
     out = os.fdopen(reply_fd, "w", buffering=1)
