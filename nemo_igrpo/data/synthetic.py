@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from nemo_igrpo.data.config import SyntheticTaskConfig
-from nemo_igrpo.data.jsonl import write_jsonl
+from nemo_igrpo.data.splits import draw_splits
+from nemo_igrpo.data.splits import write_splits as write_split_files
 
-SPLITS = ("train", "validation", "test")
 _VALID_OPS = set("+-*")
 
 
@@ -81,36 +81,12 @@ def generate_splits(cfg: SyntheticTaskConfig | None = None) -> dict[str, list[di
     # A string seed hashes the same on every platform and Python version (int seeds also do; the prefix keeps this
     # stream distinct from other users of the same seed).
     rng = random.Random(f"igrpo-synthetic-{cfg.seed}")
-    seen: set[str] = set()
-    out: dict[str, list[dict[str, Any]]] = {}
-    for split in ("test", "validation", "train"):
-        want = _split_sizes(cfg)[split]
-        records: list[dict[str, Any]] = []
-        attempts = 0
-        while len(records) < want:
-            attempts += 1
-            if attempts > 50 * want + 1000:
-                raise ValueError(
-                    f"synthetic task: only {len(seen)} distinct problems found, the settings allow too few "
-                    "(raise max_operand/max_ops or lower the split sizes)"
-                )
-            rec = sample_problem(rng, cfg)
-            if rec["problem"] in seen:
-                continue
-            seen.add(rec["problem"])
-            records.append({"id": f"synth-{split}-{len(records):05d}", **rec})
-        out[split] = records
-    return {s: out[s] for s in SPLITS}
+    return draw_splits(lambda r: sample_problem(r, cfg), rng, _split_sizes(cfg), "synth")
 
 
 def write_splits(out_dir: str | Path, cfg: SyntheticTaskConfig | None = None) -> dict[str, Path]:
-    """Write ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` into ``out_dir``; returns split -> path."""
-    out_dir = Path(out_dir)
-    paths = {}
-    for split, records in generate_splits(cfg).items():
-        paths[split] = out_dir / f"{split}.jsonl"
-        write_jsonl(paths[split], records)
-    return paths
+    """``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` in ``out_dir`` (each written atomically)."""
+    return write_split_files(out_dir, generate_splits(cfg))
 
 
 def extract_boxed(text: str) -> str | None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nemo_igrpo.data.jsonl import write_jsonl
+from nemo_igrpo.data.splits import draw_splits
+from nemo_igrpo.data.splits import write_splits as write_split_files
 
-SPLITS = ("train", "validation", "test")
 
 # (name, subject pronoun, object pronoun, possessive)
 _PEOPLE = [("Tom", "he", "him", "his"), ("Mia", "she", "her", "her"), ("Sam", "he", "him", "his"),
@@ -116,33 +116,12 @@ def generate_splits(cfg: WordProblemConfig | None = None) -> dict[str, list[dict
     _check(cfg)
     rng = random.Random(f"igrpo-word-problems-{cfg.seed}")
     sizes = {"train": cfg.num_train, "validation": cfg.num_validation, "test": cfg.num_test}
-    seen: set[str] = set()
-    out: dict[str, list[dict[str, Any]]] = {}
-    for split in ("test", "validation", "train"):
-        records: list[dict[str, Any]] = []
-        attempts = 0
-        while len(records) < sizes[split]:
-            attempts += 1
-            if attempts > 50 * sizes[split] + 1000:
-                raise ValueError(f"word problems: only {len(seen)} distinct problems found; the settings allow too "
-                                 "few (raise max_operand/max_ops or lower the split sizes)")
-            rec = sample_problem(rng, cfg)
-            if rec["problem"] in seen:
-                continue
-            seen.add(rec["problem"])
-            records.append({"id": f"word-{split}-{len(records):05d}", **rec})
-        out[split] = records
-    return {s: out[s] for s in SPLITS}
+    return draw_splits(lambda r: sample_problem(r, cfg), rng, sizes, "word")
 
 
 def write_splits(out_dir: str | Path, cfg: WordProblemConfig | None = None) -> dict[str, Path]:
     """``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` in ``out_dir`` (each written atomically)."""
-    out_dir = Path(out_dir)
-    paths = {}
-    for split, records in generate_splits(cfg).items():
-        paths[split] = out_dir / f"{split}.jsonl"
-        write_jsonl(paths[split], records)
-    return paths
+    return write_split_files(out_dir, generate_splits(cfg))
 
 
 def main(argv: list[str] | None = None) -> int:
