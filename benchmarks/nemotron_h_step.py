@@ -33,7 +33,7 @@ MODELS = ("llama", "nemotron_h")
 def model_config(kind: str, vocab: int, tok):
     import transformers
 
-    from nemo_igrpo.demo.model import demo_model_config
+    from nemo_igrpo.backends.tiny_model import demo_model_config
 
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if kind == "llama":

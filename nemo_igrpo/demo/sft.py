@@ -23,12 +23,12 @@ import torch
 
 from nemo_igrpo.algorithms.config import RefinementConfig
 from nemo_igrpo.algorithms.igrpo import build_refinement_messages
+from nemo_igrpo.backends.tiny_model import demo_model_config
 from nemo_igrpo.data.config import DataConfig
 from nemo_igrpo.data.jsonl import write_jsonl
 from nemo_igrpo.data.prompts import build_messages, encode_messages
 from nemo_igrpo.data.synthetic import generate_splits, is_correct
 from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-from nemo_igrpo.demo.model import demo_model_config
 from nemo_igrpo.demo.teacher import direct_solution, near_miss, parse_steps, slipped_steps, worked_solution
 from nemo_igrpo.errors import OutputExistsError
 

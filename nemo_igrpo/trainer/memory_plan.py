@@ -145,8 +145,8 @@ def shape_from_config(c: dict[str, Any]) -> ModelShape:
 
 
 def _demo_shape() -> dict[str, Any]:
+    from nemo_igrpo.backends.tiny_model import demo_model_config
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-    from nemo_igrpo.demo.model import demo_model_config
 
     return demo_model_config(vocab_size=len(build_demo_tokenizer())).to_dict()
 

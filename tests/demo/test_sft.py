@@ -3,9 +3,9 @@ import json
 import pytest
 import torch
 
+from nemo_igrpo.backends.tiny_model import demo_model_config
 from nemo_igrpo.data.config import DataConfig, SyntheticTaskConfig
 from nemo_igrpo.data.jsonl import read_jsonl
-from nemo_igrpo.demo.model import demo_model_config
 from nemo_igrpo.demo.sft import _collate, run_sft
 
 TINY_DATA = DataConfig(synthetic=SyntheticTaskConfig(num_train=64, num_validation=8, num_test=8))

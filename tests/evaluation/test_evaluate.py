@@ -33,8 +33,8 @@ def model_dir(tmp_path_factory):
     import torch
     from transformers import LlamaForCausalLM
 
+    from nemo_igrpo.backends.tiny_model import demo_model_config
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-    from nemo_igrpo.demo.model import demo_model_config
 
     d = tmp_path_factory.mktemp("tiny_model")
     tok = build_demo_tokenizer(d)

@@ -22,8 +22,8 @@ def _make_model(root: Path, seed: int) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
+    from nemo_igrpo.backends.tiny_model import demo_model_config
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-    from nemo_igrpo.demo.model import demo_model_config
 
     d = root / "hf"
     tok = build_demo_tokenizer(d)

@@ -3,7 +3,7 @@ import torch
 
 from nemo_igrpo.backends.generation.hf_generator import HFGenerator, filter_logits
 from nemo_igrpo.backends.generation.interface import SamplingParams
-from nemo_igrpo.demo.model import demo_model_config
+from nemo_igrpo.backends.tiny_model import demo_model_config
 
 VOCAB = 48
 EOS = 3

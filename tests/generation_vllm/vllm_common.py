@@ -17,8 +17,8 @@ def build_model_dir(path: str, seed: int = 0, tied: bool = False) -> str:
     the output layer is the input embedding, as in SmolLM2) under ``path``."""
     from transformers import LlamaForCausalLM
 
+    from nemo_igrpo.backends.tiny_model import demo_model_config
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-    from nemo_igrpo.demo.model import demo_model_config
 
     tok = build_demo_tokenizer(path)
     cfg = demo_model_config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

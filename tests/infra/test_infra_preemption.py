@@ -105,8 +105,8 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaForCausalLM
 
+    from nemo_igrpo.backends.tiny_model import demo_model_config
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-    from nemo_igrpo.demo.model import demo_model_config
 
     d = tmp_path_factory.mktemp("tiny") / "model"
     tok = build_demo_tokenizer(d)

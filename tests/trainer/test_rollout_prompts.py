@@ -9,9 +9,9 @@ import torch
 from nemo_igrpo.algorithms.config import AlgorithmConfig, RefinementConfig
 from nemo_igrpo.backends.generation.hf_generator import HFGenerator
 from nemo_igrpo.backends.generation.interface import SamplingParams
+from nemo_igrpo.backends.tiny_model import demo_model_config
 from nemo_igrpo.data.prompts import PromptRecord
 from nemo_igrpo.data.tokenizer import build_demo_tokenizer
-from nemo_igrpo.demo.model import demo_model_config
 from nemo_igrpo.rewards.config import RewardConfig
 from nemo_igrpo.rewards.reward_fn import RewardFunction
 from nemo_igrpo.trainer.rollout import RolloutWorker

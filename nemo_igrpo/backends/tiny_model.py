@@ -1,4 +1,4 @@
-"""The tiny Llama used by the CPU demo."""
+"""The tiny Llama of the CPU demo and the tests (its shape is also the dry run's built-in plan for the demo recipe)."""
 
 from __future__ import annotations
 
