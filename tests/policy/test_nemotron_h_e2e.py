@@ -26,17 +26,21 @@ def build_tiny_nemotron_h(out: Path, steps: int = SFT_STEPS, seed: int = 0) -> P
     that rewards vary between rollouts and steps have a gradient."""
     import transformers
 
-    from nemo_igrpo.data.config import DataConfig
+    from nemo_igrpo.config import load_config
     from nemo_igrpo.data.prompts import build_messages, encode_messages
     from nemo_igrpo.data.synthetic import generate_splits
     from nemo_igrpo.data.tokenizer import build_demo_tokenizer
+    from nemo_igrpo.demo.sft import _encode_refinement_examples
 
+    # The recipe the run trains with: its prompts, and its Stage-2 prompts answered by building on the attempt (a
+    # model that never saw a Stage-2 prompt scores 0 on every refinement, and then no step has a gradient).
+    recipe = load_config(Path(__file__).resolve().parents[2] / "conf" / "demo_igrpo.yaml")
+    data = recipe.data
     tok = build_demo_tokenizer(out)
-    data = DataConfig()
-    examples = []
-    for rec in generate_splits(data.synthetic)["train"]:
-        prompt = encode_messages(tok, build_messages(rec["problem"], data.system_prompt, data.instruction))
-        examples.append((prompt, tok.encode(rec["solution"], add_special_tokens=False) + [tok.eos_token_id]))
+    records = generate_splits(data.synthetic)["train"]
+    examples = [(encode_messages(tok, build_messages(rec["problem"], data.system_prompt, data.instruction)),
+                 tok.encode(rec["solution"], add_special_tokens=False) + [tok.eos_token_id]) for rec in records]
+    examples += _encode_refinement_examples(tok, records, data, recipe.algorithm.refinement, 1.0, seed)
     cfg = transformers.NemotronHConfig(
         vocab_size=len(tok), hidden_size=64, hybrid_override_pattern="M*M-", num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, intermediate_size=128, ssm_state_size=16, mamba_num_heads=8,
@@ -75,9 +79,11 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("nh_e2e")
     model = build_tiny_nemotron_h(root / "model")
     out = root / "run"
-    # Completions long enough for the warm start's whole answer (so format rewards vary), 3 steps, a checkpoint at 2.
+    # Completions long enough for the warm start's whole answer (so format rewards vary), 6 refinements per prompt
+    # (with 2, every refinement of this weak warm start got the same reward: no step had a gradient), 3 steps, a
+    # checkpoint at 2.
     cmd = igrpo_train_cmd(model, out, "trainer.max_steps=3", "trainer.save_every=2", "generation.max_new_tokens=56",
-                          "algorithm.refinement.max_draft_tokens=56")
+                          "algorithm.refinement.max_draft_tokens=56", "algorithm.group_size=8")
     first = run_train(cmd)
     assert first.returncode == 0, first.stderr[-3000:]
     uninterrupted = read_metrics(out)
