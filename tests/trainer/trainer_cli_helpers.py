@@ -12,8 +12,8 @@ def igrpo_train_cmd(model: Path, out: Path, *overrides: str) -> list[str]:
     """A small but complete iGRPO run: 2 prompts x (2 drafts + 2 refinements) per step, short completions."""
     return [sys.executable, "-m", "nemo_igrpo.cli", "train", "--config", str(REPO / "conf" / "demo_igrpo.yaml"),
             f"policy.model_path={model}", f"trainer.output_dir={out}", "data.prompts_per_step=2",
-            "algorithm.group_size=4", "algorithm.refinement.num_drafts=2", "generation.max_new_tokens=40",
-            "algorithm.refinement.max_draft_tokens=40", "policy.micro_batch_size=4", "trainer.validate_every=0",
+            "algorithm.group_size=4", "algorithm.refinement.num_drafts=2", "generation.max_new_tokens=56",
+            "algorithm.refinement.max_draft_tokens=56", "policy.micro_batch_size=4", "trainer.validate_every=0",
             "trainer.progress_bar=false", "trainer.tensorboard=false", "reward.num_workers=1",
             "policy.optimizer.lr=1e-3", *overrides]
 
