@@ -4,6 +4,7 @@ import torch
 from nemo_igrpo.backends.generation.hf_generator import HFGenerator, filter_logits
 from nemo_igrpo.backends.generation.interface import SamplingParams
 from nemo_igrpo.backends.tiny_model import demo_model_config
+from reference import reference_logprobs
 
 VOCAB = 48
 EOS = 3
@@ -23,14 +24,6 @@ def _model(seed=0, tied=False):
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
 
 
-def _reference_logprobs(model, prompt, completion, temperature):
-    ids = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        logits = model(ids).logits[0].float()
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    return [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)]
-
-
 @pytest.mark.parametrize("batch_size", [3, 2])
 def test_sampled_logprobs_match_full_forward_with_left_padding(batch_size):
     model = _model()
@@ -40,7 +33,7 @@ def test_sampled_logprobs_match_full_forward_with_left_padding(batch_size):
     assert out.finish_reasons == ["length"] * 3
     for prompt, toks, lps in zip(PROMPTS, out.token_ids, out.logprobs):
         assert len(toks) == len(lps) == 12
-        ref = _reference_logprobs(model, prompt, toks, 0.7)
+        ref = reference_logprobs(model, prompt, toks, 0.7)
         assert torch.allclose(torch.tensor(lps), torch.tensor(ref), atol=1e-5), (lps, ref)
 
 
@@ -55,7 +48,7 @@ def test_greedy_equals_hand_argmax_and_uses_temperature_one():
         assert toks == seq[len(prompt):]
         # fp32 rounding of a left-padded, KV-cached batch against one unpadded forward: up to 2.2e-5 measured with
         # transformers 5.19 (sdpa). A wrong position or temperature moves log-probs by far more than 1e-4.
-        assert torch.allclose(torch.tensor(lps), torch.tensor(_reference_logprobs(model, prompt, toks, 1.0)), atol=1e-4)
+        assert torch.allclose(torch.tensor(lps), torch.tensor(reference_logprobs(model, prompt, toks, 1.0)), atol=1e-4)
 
 
 def test_seed_reproducible_and_independent_of_global_rng():

@@ -7,6 +7,7 @@ import transformers
 
 from nemo_igrpo.backends.generation.hf_generator import HFGenerator
 from nemo_igrpo.backends.generation.interface import SamplingParams
+from reference import reference_logprobs
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [12, 13], [14, 15, 16, 17, 18]]
 
@@ -23,14 +24,6 @@ def _model(seed=0):
     return transformers.NemotronHForCausalLM(cfg).eval()
 
 
-def _reference_logprobs(model, prompt, completion, temperature):
-    ids = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        logits = model(ids).logits[0].float()
-    logp = torch.log_softmax(logits / temperature, dim=-1)
-    return [logp[len(prompt) - 1 + j, t].item() for j, t in enumerate(completion)]
-
-
 def test_left_padded_cached_batch_matches_full_forward():
     model = _model()
     gen = HFGenerator(model, batch_size=3, eos_token_ids=[])
@@ -42,7 +35,7 @@ def test_left_padded_cached_batch_matches_full_forward():
     assert greedy.token_ids == alone  # padding and the cached Mamba/conv states change nothing
     for prompt, toks, lps in zip(PROMPTS, out.token_ids, out.logprobs):
         assert len(toks) == 10
-        torch.testing.assert_close(torch.tensor(lps), torch.tensor(_reference_logprobs(model, prompt, toks, 0.7)),
+        torch.testing.assert_close(torch.tensor(lps), torch.tensor(reference_logprobs(model, prompt, toks, 0.7)),
                                    atol=1e-4, rtol=0)
 
 

@@ -77,6 +77,19 @@ def load_step_batches(work: str, layout) -> list:
     return batches
 
 
+def run_scenario(run, scenario: str, work: str) -> None:
+    """A worker's entry point: ``run(layout_name, work)`` for one layout, or dp2, tp2 and pp2 in one process for
+    ``scenario == "parallel"``; then the process groups go."""
+    import gc
+
+    from nemo_igrpo.backends.policy.parallel import destroy_parallel
+
+    for name in (["dp2", "tp2", "pp2"] if scenario == "parallel" else [scenario]):
+        run(name, work)
+        gc.collect()  # the previous layout's DDP hooks must not outlive its process groups
+    destroy_parallel()
+
+
 def make_loss(**algorithm):
     from nemo_igrpo.algorithms.config import AlgorithmConfig
     from nemo_igrpo.algorithms.losses import make_policy_loss

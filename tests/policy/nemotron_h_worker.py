@@ -117,16 +117,7 @@ def run(name: str, work: str) -> None:
             json.dump(metrics, f)
 
 
-def main(scenario: str, work: str) -> None:
-    import gc
-
-    from nemo_igrpo.backends.policy.parallel import destroy_parallel
-
-    for name in (["dp2", "tp2", "pp2"] if scenario == "parallel" else [scenario]):
-        run(name, work)
-        gc.collect()  # the previous layout's DDP hooks must not outlive its process groups
-    destroy_parallel()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    from common import run_scenario
+
+    run_scenario(run, sys.argv[1], sys.argv[2])

@@ -231,16 +231,7 @@ def features(work: str, b, policy, export, save_tensors, metrics: dict) -> None:
     metrics["entropy_expected"] = float((ent * b.loss_mask).sum() / b.loss_mask.sum())
 
 
-def main(scenario: str, work: str) -> None:
-    import gc
-
-    from nemo_igrpo.backends.policy.parallel import destroy_parallel
-
-    for name in (["dp2", "tp2", "pp2"] if scenario == "parallel" else [scenario]):
-        run(name, work)
-        gc.collect()  # the previous layout's DDP hooks must not outlive its process groups
-    destroy_parallel()
-
-
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    from common import run_scenario
+
+    run_scenario(run, sys.argv[1], sys.argv[2])
